@@ -1,0 +1,55 @@
+# Sluice: `make demo` runs the pipelines through an embedded Airflow; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: install demo test test-e2e test-all lint status serve lock bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	@rm -f $(VENV)/.installed-* && touch $@
+
+## Run ingest_raw and nightly_etl through Airflow (backfills) over a simulated history.
+demo: install
+	$(BIN)/sluice demo
+
+## Unit, model, DAG integrity and integration tests (real PostgreSQL, Redis, S3 server).
+test: install
+	$(BIN)/python -m pytest -m "not e2e"
+
+## The slow end-to-end tests: the DAGs through a real Airflow scheduler (CI runs them too).
+test-e2e: install
+	$(BIN)/python -m pytest -m e2e
+
+## Both.
+test-all: test test-e2e
+
+lint: install
+	$(BIN)/ruff check include dags plugins tests benchmarks
+	$(BIN)/mypy
+
+## What is in the lake.
+status: install
+	$(BIN)/sluice status
+
+## Start the embedded Airflow (UI at the printed address) until Ctrl-C.
+serve: install
+	$(BIN)/sluice serve
+
+## Resolve requirements.in into the fully pinned requirements.txt.
+lock:
+	$(BIN)/uv pip compile requirements.in --python-version 3.11 -o requirements.txt
+
+bench: install
+	$(BIN)/python benchmarks/etl.py
+
+clean:
+	rm -rf .airflow .lake .mlflow .pytest_cache

@@ -1,0 +1,282 @@
+"""The ``sluice`` command: ``sluice status`` and ``sluice demo``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+log = logging.getLogger("sluice")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from sluice.lake import Lake
+    from sluice.settings import load_settings
+    from sluice.tables import QUARANTINE_EVENTS
+
+    settings = load_settings()
+    statuses = Lake(settings).status()
+    if args.json:
+        print(json.dumps({"lake": settings.lake_uri, "tables": [asdict(s) for s in statuses]}, indent=2, default=str))
+        return 0
+    print(f"lake: {settings.lake_uri}")
+    header = f"{'table':31} {'version':>7} {'partitions':>10} {'latest':>11} {'rows latest':>11} {'rows total':>11}"
+    print(header)
+    print("-" * len(header))
+    for s in statuses:
+        version = "-" if s.version is None else str(s.version)
+        print(
+            f"{s.table:31} {version:>7} {s.partitions:>10} {s.latest_partition or '-':>11} "
+            f"{s.rows_latest_partition:>11,} {s.rows_total:>11,}"
+        )
+    quarantined = next(s for s in statuses if s.table == QUARANTINE_EVENTS.name)
+    print(f"\nquarantined rows: {quarantined.rows_total:,} in {quarantined.partitions} partitions")
+    return 0
+
+
+def _days(start: str, end: str) -> int:
+    return (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days + 1
+
+
+def _mondays(start: str, end: str) -> list[str]:
+    """Logical dates of the weekly runs that can train: the week (Monday..Sunday) lies in
+    [start, end] and its Sunday has at least 7 matured snapshot days (30 days for labels).
+    Earlier weeks would only skip (the end-to-end tests cover that path)."""
+    from sluice.features import LABEL_HORIZON_DAYS
+
+    first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    earliest_sunday = first + dt.timedelta(days=LABEL_HORIZON_DAYS + 6)
+    day = first + dt.timedelta(days=(7 - first.weekday()) % 7)
+    out = []
+    while day + dt.timedelta(days=6) <= last:
+        if day + dt.timedelta(days=6) >= earliest_sunday:
+            out.append(day.isoformat())
+        day += dt.timedelta(days=7)
+    return out
+
+
+def _wait(airflow, dag_id: str, expected: int, timeout: float, step, home: Path) -> bool:
+    runs = airflow.wait_for_runs(dag_id, expected, timeout=timeout)
+    failed = [r["run_id"] for r in runs if r["state"] != "success"]
+    step(f"{dag_id}: {len(runs) - len(failed)} runs succeeded, {len(failed)} failed")
+    if failed:
+        print(f"failed runs of {dag_id}: {failed}; task logs under {home / 'logs'}", file=sys.stderr)
+    return not failed
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sluice.local_airflow import LocalAirflow, free_port
+
+    project = Path(args.project).resolve()
+    home = project / ".airflow"
+    lake = project / ".lake"
+    env = {
+        "SLUICE_LAKE_URI": lake.as_uri(),
+        "SLUICE_MLFLOW_TRACKING_URI": f"sqlite:///{project / '.mlflow' / 'mlflow.db'}",
+        "SLUICE_SIM_CUSTOMERS": str(args.customers),
+        "SLUICE_SIM_DEFECT_RATE": str(args.defect_rate),
+    }
+    started = time.monotonic()
+    # The demo is a fresh run every time: its Airflow home, lake and MLflow store are demo state.
+    for path in (home, lake, project / ".mlflow"):
+        if path.exists():
+            shutil.rmtree(path)
+    airflow = LocalAirflow(home=home, project=project, port=args.port or free_port(), extra_env=env)
+
+    def step(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
+
+    step(f"Airflow home {home}, lake {lake.as_uri()}")
+    airflow.migrate()
+    airflow.serialize_dags()
+    step("metadata DB migrated, DAGs serialized")
+    airflow.apply_settings()
+    n = _days(args.start, args.end)
+    # Both backfills at once: nightly_etl's wait_for_raw lets each day follow its ingestion.
+    for dag_id in ("ingest_raw", "nightly_etl"):
+        airflow.backfill(dag_id, args.start, args.end, max_active_runs=8)
+        step(f"airflow backfill create --dag-id {dag_id} --from-date {args.start} --to-date {args.end}")
+    airflow.start()
+    try:
+        airflow.wait_until_healthy()
+        step(f"Airflow is up at {airflow.base_url} (api-server, scheduler, dag-processor); running the backfills")
+        for dag_id in ("ingest_raw", "nightly_etl"):
+            if not _wait(airflow, dag_id, n, args.timeout, step, home):
+                return 1
+        # Weekly retraining for every week with matured labels, then a week of scoring,
+        # each day with the model that was champion on it.
+        mondays = _mondays(args.start, args.end)
+        if mondays:
+            airflow.backfill("weekly_retrain", mondays[0], mondays[-1], max_active_runs=1)
+            step(f"airflow backfill create --dag-id weekly_retrain --from-date {mondays[0]} --to-date {mondays[-1]}")
+            if not _wait(airflow, "weekly_retrain", len(mondays), args.timeout, step, home):
+                return 1
+            start = dt.date.fromisoformat(args.start)
+            score_from = max(start, dt.date.fromisoformat(args.end) - dt.timedelta(days=6)).isoformat()
+            airflow.backfill("batch_score", score_from, args.end, max_active_runs=4)
+            step(f"airflow backfill create --dag-id batch_score --from-date {score_from} --to-date {args.end}")
+            if not _wait(airflow, "batch_score", _days(score_from, args.end), args.timeout, step, home):
+                return 1
+    finally:
+        airflow.stop()
+        step("Airflow stopped")
+    print()
+    import os
+
+    os.environ.update(env)
+    _status(argparse.Namespace(json=False))
+    print()
+    return _model(argparse.Namespace(model_command="status", json=False))
+
+
+def _model(args: argparse.Namespace) -> int:
+    from sluice import promotions
+    from sluice.lake import Lake
+    from sluice.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, RegistryError
+    from sluice.settings import load_settings
+    from sluice.tables import MODEL_DECISIONS
+
+    settings = load_settings()
+    today = dt.datetime.now(dt.UTC).date()  # an operator's action takes effect today
+    try:
+        if args.model_command == "promote":
+            previous, new = promotions.promote_by_hand(settings, args.version, args.reason, today)
+            print(f"champion: {previous} -> {new} (reason recorded: {args.reason})")
+            return 0
+        if args.model_command == "rollback":
+            old, new = promotions.rollback(settings, args.reason, today)
+            print(f"champion rolled back: {old} -> {new} (reason recorded: {args.reason})")
+            return 0
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    registry = Registry(settings)
+    lake = Lake(settings)
+    aliases = registry.aliases()
+    decisions = (
+        sorted(lake.read_table(MODEL_DECISIONS).to_pylist(), key=lambda r: (r["ds"], r["recorded_at"])) if lake.exists(MODEL_DECISIONS) else []
+    )
+    report = {
+        "model": settings.model_name,
+        "aliases": aliases,
+        "versions": [
+            {"version": v.version, "run_id": v.run_id, "tags": {k: t for k, t in v.tags.items() if k.startswith("gate.")}}
+            for v in registry.versions()
+        ],
+        "last_decision": {k: v for k, v in decisions[-1].items() if k != "decision_json"} if decisions else None,
+        "promotions": promotions.history(lake),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"model {settings.model_name} ({settings.mlflow_tracking_uri})")
+    for alias in (CHAMPION, PREVIOUS, CHALLENGER):
+        print(f"  @{alias:18} v{aliases[alias]}" if alias in aliases else f"  @{alias:18} -")
+    if decisions:
+        d = decisions[-1]
+        verdict = "promoted" if d["promoted"] else ("would promote (dry run)" if d["promote"] else "not promoted")
+        print(f"last decision {d['ds']}: v{d['model_version']} vs champion v{d['champion_version']}: {verdict}")
+        print(f"  reason: {d['reason']}")
+    for row in promotions.history(lake):
+        was = f"v{row['previous_version']}" if row["previous_version"] else "no champion"
+        print(f"  {row['ds']}: v{row['model_version']} (was {was}){' forced' if row['forced'] else ''}: {row['reason']}")
+    return 0
+
+
+def _embedded(args: argparse.Namespace):
+    from sluice.local_airflow import LocalAirflow
+
+    project = Path(args.project).resolve()
+    return LocalAirflow(
+        home=project / ".airflow",
+        project=project,
+        port=args.port,
+        extra_env={"SLUICE_LAKE_URI": (project / ".lake").as_uri()},
+        schedules=args.schedules,
+    )
+
+
+def _airflow_env(args: argparse.Namespace) -> int:
+    """Print `export` lines so that the `airflow` CLI talks to the embedded Airflow."""
+    airflow = _embedded(args)
+    keys = [k for k in airflow.env() if k.startswith(("AIRFLOW", "SLUICE"))]
+    for key in sorted(keys):
+        print(f"export {key}={shlex.quote(airflow.env()[key])}")
+    print(f"export PATH={shlex.quote(str(airflow.bin_dir))}:\"$PATH\"")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    airflow = _embedded(args)
+    airflow.migrate()
+    airflow.apply_settings()
+    airflow.start()
+    try:
+        airflow.wait_until_healthy()
+        print(f"Airflow UI: {airflow.base_url}  (logs: {airflow.home / 'logs'}; Ctrl-C stops)", flush=True)
+        while all(p.poll() is None for p in airflow.processes.values()):
+            time.sleep(2)
+        print("an Airflow component exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        airflow.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    status = sub.add_parser("status", help="what is in the lake: tables, versions, latest partition, rows")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_status)
+
+    demo = sub.add_parser("demo", help="run the pipelines through an embedded Airflow over a simulated history")
+    demo.add_argument("--project", default=".", help="project root (holds dags/, .airflow, .lake)")
+    demo.add_argument("--start", default="2026-01-01")
+    demo.add_argument("--end", default="2026-02-28")
+    demo.add_argument("--customers", type=int, default=20_000)
+    demo.add_argument("--defect-rate", type=float, default=0.01, help="share of spoiled source rows (below the limit)")
+    demo.add_argument("--port", type=int, default=0, help="API server port (default: a free one)")
+    demo.add_argument("--timeout", type=float, default=1500, help="seconds to wait for each backfill")
+    demo.set_defaults(func=_demo)
+
+    model = sub.add_parser("model", help="the registered churn model: status, promote, rollback")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    m_status = model_sub.add_parser("status", help="aliases, versions, the last gate decision, promotion history")
+    m_status.add_argument("--json", action="store_true")
+    m_promote = model_sub.add_parser("promote", help="make VERSION the champion by hand")
+    m_promote.add_argument("version")
+    m_promote.add_argument("--reason", required=True, help="why; recorded in the promotion history")
+    m_rollback = model_sub.add_parser("rollback", help="make the previous champion the champion again")
+    m_rollback.add_argument("--reason", required=True, help="why; recorded in the promotion history")
+    model.set_defaults(func=_model)
+
+    for name, func, text in (
+        ("serve", _serve, "start the embedded Airflow (API server and UI, scheduler, DAG processor) until Ctrl-C"),
+        ("airflow-env", _airflow_env, "print `export` lines for running the airflow CLI against the embedded Airflow"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--project", default=".", help="project root")
+        cmd.add_argument("--port", type=int, default=8080)
+        cmd.add_argument(
+            "--schedules", action="store_true", help="let the scheduler create scheduled runs (off: backfills and triggers only)"
+        )
+        cmd.set_defaults(func=func)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

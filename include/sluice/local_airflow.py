@@ -1,0 +1,323 @@
+"""An embedded Airflow for `make demo` and the end-to-end tests.
+
+Starts the API server, scheduler and DAG processor as ``airflow`` subprocesses on
+one machine (SQLite metadata DB, LocalExecutor), with everything under one
+``AIRFLOW_HOME`` inside the project. It only runs the ``airflow`` CLI, so it works
+against whatever Airflow the virtualenv holds; nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+COMPONENTS = ("api-server", "scheduler", "dag-processor")
+
+# SQLite lets one writer in at a time and gives up after 5 s by default. On a busy
+# 2-core machine that is not enough, and a lock error inside `airflow backfill create`
+# makes Airflow delete runs the scheduler has already seen, which crashes the scheduler.
+SQLITE_CONNECT_ARGS = {"timeout": 120}
+
+# Airflow imports `airflow_local_settings` from $AIRFLOW_HOME/config in every process.
+# On Linux the LocalExecutor forks each task from a worker that the scheduler forked,
+# so what the scheduler imports once, every task inherits instead of importing again
+# (about 2 s of CPU per task). LightGBM is left out: OpenMP state must not cross a fork.
+LOCAL_SETTINGS = """\
+# Written by sluice.local_airflow: warm start for LocalExecutor tasks.
+import sys
+
+if sys.argv[1:2] == ["scheduler"]:
+    import sluice.pipeline  # noqa: F401  (pandas, pyarrow, deltalake, pandera)
+"""
+TERMINAL = {"success", "failed"}
+
+
+def json_output(text: str) -> list | dict:
+    """The JSON document in a CLI's output; Airflow may print warnings before it."""
+    for line in reversed(text.splitlines()):
+        if line.startswith(("[", "{")):
+            return json.loads(line)
+    return []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalAirflow:
+    home: Path
+    project: Path = PROJECT_ROOT
+    port: int = 8080
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    # Off for the demo and the tests: only backfills and manual triggers create runs, so
+    # unpausing a DAG does not also start a run for yesterday.
+    schedules: bool = False
+    # Each scheduler serves task logs on this port: one per embedded Airflow, so that two
+    # of them (a demo and a test run) never collide on the default 8793.
+    log_server_port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def bin_dir(self) -> Path:
+        return Path(sys.executable).parent
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        self.home.mkdir(parents=True, exist_ok=True)
+        secret_file = self.home / "jwt_secret"
+        if not secret_file.exists():
+            secret_file.write_text(secrets.token_urlsafe(32))
+            secret_file.chmod(0o600)
+        config_dir = self.home / "config"
+        config_dir.mkdir(exist_ok=True)
+        (config_dir / "airflow_local_settings.py").write_text(LOCAL_SETTINGS)
+        env = dict(os.environ)
+        env.update(
+            {
+                # `airflow` starts its parts as `airflow ...` subprocesses: the venv must be on PATH.
+                "PATH": f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}",
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.project / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.project / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "4",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "sluice.local_airflow.SQLITE_CONNECT_ARGS",
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__BASE_URL": self.base_url,
+                "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
+                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(self.schedules),
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_server_port),
+                "SLUICE_HOME": str(self.project),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    # -- the CLI ---------------------------------------------------------------------
+    def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        env = self.env() | {"PYTHONWARNINGS": "ignore"}  # warnings would land on stdout, before the JSON
+        for attempt in range(6):
+            result = subprocess.run(
+                [str(self.bin_dir / "airflow"), *args], env=env, capture_output=True, text=True, timeout=timeout
+            )
+            # SQLite allows one writer: a read-only CLI call can collide with the scheduler's writes.
+            if result.returncode == 0 or "database is locked" not in result.stderr or args[0] == "backfill":
+                break
+            log.warning("airflow %s: database is locked, retrying", " ".join(args))
+            time.sleep(1 + attempt)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        return result
+
+    def migrate(self) -> None:
+        self.cli("db", "migrate")
+
+    def apply_settings(self, path: Path | None = None) -> None:
+        """Apply airflow_settings.yaml (connections, pools, variables)."""
+        path = path or self.project / "airflow_settings.yaml"
+        subprocess.run(
+            [sys.executable, "-m", "sluice.airflow_settings", str(path)], env=self.env(), check=True
+        )
+
+    # -- processes -------------------------------------------------------------------
+    def start(self, components: Iterable[str] = COMPONENTS) -> None:
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = self.env()
+        for name in components:
+            args = [str(self.bin_dir / "airflow"), name]
+            if name == "api-server":
+                args += ["--port", str(self.port), "--host", "127.0.0.1"]
+            out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+            self.processes[name] = subprocess.Popen(
+                args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        (self.home / "pids.json").write_text(json.dumps({k: p.pid for k, p in self.processes.items()}))
+
+    def check_alive(self) -> None:
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"airflow {name} exited with {proc.returncode}; see {self.home}/logs/{name}.log")
+
+    def wait_until_healthy(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/api/v2/monitor/health", timeout=5) as resp:
+                    health = json.load(resp)
+                if health.get("scheduler", {}).get("status") == "healthy":
+                    return
+            except OSError:
+                pass
+            time.sleep(2)
+        raise TimeoutError(f"Airflow at {self.base_url} not healthy after {timeout}s")
+
+    def wait_for_dags(self, dag_ids: Iterable[str], timeout: float = 180) -> None:
+        wanted = set(dag_ids)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            listed = json_output(self.cli("dags", "list", "-o", "json").stdout)
+            found = {d["dag_id"] for d in listed}
+            if wanted <= found:
+                return
+            time.sleep(3)
+        raise TimeoutError(f"DAGs {sorted(wanted - found)} not parsed after {timeout}s")
+
+    def stop_component(self, name: str) -> None:
+        proc = self.processes.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def serialize_dags(self) -> None:
+        """Write the DAGs to the metadata DB now, without waiting for the DAG processor."""
+        self.cli("dags", "reserialize")
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.processes.clear()
+
+    def __enter__(self) -> LocalAirflow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- runs ------------------------------------------------------------------------
+    def backfill(self, dag_id: str, start: str, end: str, max_active_runs: int = 8, reprocess: str = "failed") -> None:
+        """`airflow backfill create`, with the scheduler paused while it writes.
+
+        On SQLite, a lock error inside `backfill create` makes Airflow delete runs it has
+        already committed; a scheduler that has loaded them then crashes on a foreign key.
+        Creating the backfill while no scheduler runs avoids that race entirely.
+        """
+        running = "scheduler" in self.processes and self.processes["scheduler"].poll() is None
+        if running:
+            # Airflow allows one running backfill per DAG, and the scheduler marks a finished
+            # one complete only every 30 s: wait for that before pausing it.
+            self.wait_for_backfills_complete(dag_id)
+            self.stop_component("scheduler")
+        try:
+            self.cli(
+                "backfill", "create", "--dag-id", dag_id, "--from-date", start, "--to-date", end,
+                "--max-active-runs", str(max_active_runs), "--reprocess-behavior", reprocess,
+            )
+        finally:
+            if running:
+                self.start(["scheduler"])
+
+    def incomplete_backfills(self, dag_id: str) -> int:
+        """Backfills of ``dag_id`` not marked complete yet, read from the SQLite metadata DB."""
+        db = self.home / "airflow.db"
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=120)) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM backfill WHERE dag_id = ? AND completed_at IS NULL", (dag_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def wait_for_backfills_complete(self, dag_id: str, timeout: float = 900) -> None:
+        deadline = time.monotonic() + timeout
+        while self.incomplete_backfills(dag_id):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"a backfill of {dag_id} is still not complete after {timeout}s")
+            time.sleep(3)
+
+    def retried_tries(self, tail: int = 40) -> list[str]:
+        """Every task that needed more than one try, with the end of each earlier try's log.
+
+        A retry that succeeds hides its cause from the run's state: this is how a test
+        run shows it (the e2e fixtures print it, and pytest shows it when a test fails).
+        """
+        db = self.home / "airflow.db"
+        if not db.exists():
+            return []
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=120)) as conn:
+            rows = conn.execute(
+                "SELECT dag_id, run_id, task_id, map_index, try_number, state FROM task_instance"
+                " WHERE try_number > 1 ORDER BY dag_id, run_id, task_id"
+            ).fetchall()
+        out = []
+        for dag_id, run_id, task_id, map_index, tries, state in rows:
+            out.append(f"{dag_id} {run_id} {task_id}[{map_index}]: {tries} tries, {state}")
+            folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+            for attempt in range(1, tries):
+                for log_file in sorted(folder.glob(f"**/attempt={attempt}.log")):
+                    lines = log_file.read_text(errors="replace").splitlines()[-tail:]
+                    out.append(f"--- {log_file.relative_to(self.home)} (last {len(lines)} lines)")
+                    out.extend(lines)
+        return out
+
+    def trigger(self, dag_id: str, conf: Mapping[str, object] | None = None, run_id: str | None = None) -> str:
+        args = ["dags", "trigger", dag_id, "-o", "json"]
+        if conf:
+            args += ["--conf", json.dumps(conf)]
+        if run_id:
+            args += ["--run-id", run_id]
+        runs = json_output(self.cli(*args).stdout)
+        return str(runs[0]["dag_run_id"])
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return list(json_output(self.cli("dags", "list-runs", dag_id, "-o", "json").stdout))
+
+    def wait_for_runs(
+        self, dag_id: str, expected: int, timeout: float = 900, poll: float = 5
+    ) -> list[dict]:
+        """Wait until ``expected`` runs of ``dag_id`` exist and all have finished."""
+        deadline = time.monotonic() + timeout
+        runs: list[dict] = []
+        while time.monotonic() < deadline:
+            self.check_alive()
+            runs = self.runs(dag_id)
+            if len(runs) >= expected and all(r["state"] in TERMINAL for r in runs):
+                retried = self.retried_tries()
+                if retried:  # succeeded in the end, but a retry hides its cause: show it
+                    log.warning("tasks that needed a retry so far:\n%s", "\n".join(retried))
+                return runs
+            time.sleep(poll)
+        states = {r["run_id"]: r["state"] for r in runs}
+        raise TimeoutError(f"{dag_id}: runs not finished after {timeout}s: {states}")

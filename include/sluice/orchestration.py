@@ -1,0 +1,146 @@
+"""The Airflow-facing edge of sluice: shared DAG arguments and run-context helpers.
+
+This is the only module of the package that imports Airflow, and it does so
+lightly (``airflow.sdk``), so that DAG files stay cheap to parse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import CronDataIntervalTimetable, Param
+
+from sluice.lineage import RunContext
+
+if TYPE_CHECKING:
+    from sluice.settings import Settings
+
+START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "sluice",
+    "retries": 2,
+    "retry_delay": dt.timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": dt.timedelta(minutes=10),
+}
+
+SOURCE_CONNECTION_ID = "sluice_source_postgres"
+
+
+def daily() -> CronDataIntervalTimetable:
+    """Daily at midnight UTC with a data interval of one whole day: run D covers [D, D+1)."""
+    return CronDataIntervalTimetable("0 0 * * *", timezone="UTC")
+
+
+def weekly() -> CronDataIntervalTimetable:
+    """Mondays 00:00 UTC; the data interval is the week (Monday to Sunday) that just ended."""
+    return CronDataIntervalTimetable("0 0 * * 1", timezone="UTC")
+
+
+def partition_day_param() -> Param:
+    return Param(
+        None,
+        type=["null", "string"],
+        format="date",
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        title="Partition day",
+        description=(
+            "Day to process, YYYY-MM-DD. Leave empty to use the run's data interval "
+            "(for a manual run: the last complete day)."
+        ),
+    )
+
+
+def partition_day(context: Mapping[str, Any]) -> dt.date:
+    """The day this run is for: the ``partition_day`` param, else the data interval start.
+
+    Never the wall clock: a scheduled run, a backfill and a manual trigger for the same
+    day all read and write the same partition.
+    """
+    params = context.get("params") or {}
+    chosen = params.get("partition_day")
+    if chosen:
+        return dt.date.fromisoformat(str(chosen))
+    start = context.get("data_interval_start")
+    if start is None:
+        raise ValueError("this run has no data interval: trigger it with the partition_day param")
+    return start.astimezone(dt.UTC).date()
+
+
+def as_of_day(context: Mapping[str, Any]) -> dt.date:
+    """For a weekly run: the ``partition_day`` param, else the last whole day of the data interval."""
+    params = context.get("params") or {}
+    if params.get("partition_day"):
+        return dt.date.fromisoformat(str(params["partition_day"]))
+    end = context.get("data_interval_end")
+    if end is None:
+        raise ValueError("this run has no data interval: trigger it with the partition_day param")
+    return end.astimezone(dt.UTC).date() - dt.timedelta(days=1)
+
+
+def partition_ready(table_name: str, day: dt.date) -> bool:
+    """Whether ``table_name`` has partition ``day`` yet: what every wait_for_* sensor asks."""
+    from sluice.lake import Lake
+    from sluice.tables import by_name
+
+    return Lake(runtime_settings()).has_partition(by_name(table_name), day.isoformat())
+
+
+def run_context(context: Mapping[str, Any]) -> RunContext:
+    dag_run = context["dag_run"]
+    return RunContext(dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+
+
+def runtime_settings() -> Settings:
+    """Settings for a task: the environment, plus the source connection when one exists."""
+    from sluice.settings import load_settings
+
+    settings = load_settings()
+    if settings.source == "postgres" and not settings.source_postgres_dsn:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(SOURCE_CONNECTION_ID)
+        settings = settings.model_copy(update={"source_postgres_dsn": libpq_dsn(conn)})
+    return settings
+
+
+def connection_or_skip(conn_id: str) -> Any:
+    """The Airflow connection, or skip the task when it is not configured (the publisher is off)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSkipException
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException as exc:
+        raise AirflowSkipException(f"connection {conn_id} is not configured: publisher off") from exc
+
+
+def publish_scores(kind: str, conn_id: str, ds: str) -> int:
+    """Publish the predictions of ``ds`` through the connection ``conn_id`` (skip if absent)."""
+    from urllib.parse import quote
+
+    from sluice import publish
+    from sluice.lake import Lake
+    from sluice.tables import PREDICTIONS_CHURN
+
+    conn = connection_or_skip(conn_id)
+    scores = Lake(runtime_settings()).read_partition(PREDICTIONS_CHURN, ds).to_pandas()
+    if kind == "postgres":
+        return publish.publish_postgres(libpq_dsn(conn), scores)
+    auth = f":{quote(conn.password)}@" if conn.password else ""
+    url = f"redis://{auth}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{conn.schema or 0}"
+    return publish.publish_redis(url, scores, ds)
+
+
+def libpq_dsn(conn: Any) -> str:
+    """A libpq keyword DSN from an Airflow connection (values quoted as libpq wants)."""
+
+    def q(value: object) -> str:
+        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    parts = {"host": conn.host, "port": conn.port or 5432, "dbname": conn.schema, "user": conn.login,
+             "password": conn.password}
+    return " ".join(f"{k}={q(v)}" for k, v in parts.items() if v not in (None, ""))

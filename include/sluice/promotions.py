@@ -1,0 +1,87 @@
+"""The champion's history: who was champion from which day, and why.
+
+Every promotion (by the gate, forced, by hand or by a rollback) is a row of
+``models/promotions`` in partition ds = the day it takes effect, so that scoring a
+past day can use the model that was champion on that day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+
+from sluice.lake import Lake
+from sluice.lineage import RunContext
+from sluice.registry import CHAMPION, Registry, RegistryError
+from sluice.settings import Settings
+from sluice.tables import MODEL_PROMOTIONS, PARTITION_COLUMN
+
+log = logging.getLogger(__name__)
+
+
+def record_promotion(
+    lake: Lake,
+    ds: str,
+    version: str,
+    previous: str | None,
+    *,
+    forced: bool,
+    reason: str,
+    ctx: RunContext,
+    decision_ds: str | None = None,
+) -> int:
+    """Add a promotion to the history of day ``ds`` (a re-run of the same run replaces its row)."""
+    row = {
+        "model_version": str(version),
+        "previous_version": previous,
+        "forced": forced,
+        "reason": reason,
+        "decision_ds": decision_ds,
+        "run_id": ctx.run_id,
+        "recorded_at": dt.datetime.now(dt.UTC),  # an audit time, not business logic
+        PARTITION_COLUMN: ds,
+    }
+    return lake.upsert_rows(MODEL_PROMOTIONS, ds, [row], "run_id", ctx.lineage(ds, {}))
+
+
+def history(lake: Lake) -> list[dict]:
+    if not lake.exists(MODEL_PROMOTIONS):
+        return []
+    return sorted(lake.read_table(MODEL_PROMOTIONS).to_pylist(), key=lambda r: (r[PARTITION_COLUMN], r["recorded_at"]))
+
+
+def champion_on(lake: Lake, day: dt.date) -> str | None:
+    """The version that was champion on ``day``: the last promotion recorded by then."""
+    rows = [r for r in history(lake) if r[PARTITION_COLUMN] <= day.isoformat()]
+    return rows[-1]["model_version"] if rows else None
+
+
+def promote_by_hand(settings: Settings, version: str, reason: str, today: dt.date) -> tuple[str | None, str]:
+    if not reason.strip():
+        raise RegistryError("a manual promotion needs a reason")
+    registry = Registry(settings)
+    registry.version(version)  # fails clearly if it does not exist
+    current = registry.by_alias(CHAMPION)
+    if current is not None and current.version == str(version):
+        raise RegistryError(f"v{version} is already the champion: nothing to promote")
+    previous = registry.promote(version)
+    registry.tag(version, {"promotion.manual_reason": reason})
+    record_promotion(
+        Lake(settings), today.isoformat(), version, previous, forced=True, reason=f"manual: {reason}",
+        ctx=RunContext("sluice-cli", f"promote-{version}-{uuid.uuid4().hex[:8]}"),
+    )
+    return previous, version
+
+
+def rollback(settings: Settings, reason: str, today: dt.date) -> tuple[str, str]:
+    if not reason.strip():
+        raise RegistryError("a rollback needs a reason")
+    registry = Registry(settings)
+    old, new = registry.rollback()
+    record_promotion(
+        Lake(settings), today.isoformat(), new, old, forced=True, reason=f"rollback: {reason}",
+        ctx=RunContext("sluice-cli", f"rollback-to-{new}-{uuid.uuid4().hex[:8]}"),
+    )
+    log.info("rolled back %s: champion %s -> %s", CHAMPION, old, new)
+    return old, new

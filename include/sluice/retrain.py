@@ -1,0 +1,366 @@
+"""weekly_retrain for day D: train a challenger on a pinned feature version, gate it, promote or not.
+
+I/O at the edges: the lake (features, decisions, promotions), MLflow (runs,
+registry). Training (``sluice.train``) and the decision (``sluice.gate``) are pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sluice import train as T
+from sluice.features import LABEL_HORIZON_DAYS
+from sluice.gate import Decision, GatePolicy, decide, forced, metrics
+from sluice.lake import Lake
+from sluice.lineage import RunContext, detected_code_version
+from sluice.promotions import record_promotion
+from sluice.registry import CHALLENGER, CHAMPION, Registry
+from sluice.settings import Settings
+from sluice.tables import FEATURES_CUSTOMER_DAILY, MODEL_DECISIONS, PARTITION_COLUMN
+
+log = logging.getLogger(__name__)
+
+
+def load_training_frame(lake: Lake, as_of: dt.date) -> tuple[pd.DataFrame, int]:
+    """Matured snapshots known by ``as_of``, from one pinned version of the feature table."""
+    version = lake.version(FEATURES_CUSTOMER_DAILY)
+    if version is None:
+        raise T.NotEnoughData("features/customer_daily does not exist yet: run nightly_etl first")
+    cutoff = (as_of - dt.timedelta(days=LABEL_HORIZON_DAYS)).isoformat()
+    days = [d for d in lake.partitions(FEATURES_CUSTOMER_DAILY, version=version) if d <= cutoff]
+    if not days:
+        raise T.NotEnoughData(f"no snapshot with a matured label by {as_of} (labels mature 30 days after a snapshot)")
+    frame = lake.read_partitions(FEATURES_CUSTOMER_DAILY, days, version=version).to_pandas()
+    return T.matured(frame, as_of), version
+
+
+def slice_metrics(frame: pd.DataFrame, scores: np.ndarray, columns=("plan", "region")) -> dict[str, dict]:
+    out = {}
+    y = frame[T.LABEL].astype(int).to_numpy()
+    for col in columns:
+        for value in sorted(frame[col].dropna().unique()):
+            mask = (frame[col] == value).to_numpy()
+            out[f"{col}={value}"] = metrics(y[mask], scores[mask])
+    return out
+
+
+def _plots(y: np.ndarray, p: np.ndarray, importance: pd.Series) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    figs = {}
+    fig, ax = plt.subplots(figsize=(5, 5))
+    fpr, tpr, _ = roc_curve(y, p)
+    ax.plot(fpr, tpr)
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (holdout)")
+    figs["roc_curve.png"] = fig
+    fig, ax = plt.subplots(figsize=(5, 5))
+    precision, recall, _ = precision_recall_curve(y, p)
+    ax.plot(recall, precision)
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (holdout)")
+    figs["precision_recall_curve.png"] = fig
+    fig, ax = plt.subplots(figsize=(5, 5))
+    frac, mean = calibration_curve(y, p, n_bins=10, strategy="quantile")
+    ax.plot(mean, frac, "o-")
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="mean predicted", ylabel="observed churn rate", title="Calibration (holdout)")
+    figs["calibration.png"] = fig
+    fig, ax = plt.subplots(figsize=(6, 6))
+    importance.head(20)[::-1].plot.barh(ax=ax)
+    ax.set(title="Feature importance (gain)")
+    fig.tight_layout()
+    figs["feature_importance.png"] = fig
+    return figs
+
+
+def model_card(
+    version: str | None, settings: Settings, feature_version: int, split: T.Split, holdout: dict, slices: dict,
+    decision: Decision,
+) -> str:
+    rows = "\n".join(
+        f"| {name} | {m['rows']:,} | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} |" for name, m in slices.items()
+    )
+    windows = split.windows()
+    return f"""# Model card: {settings.model_name} v{version or '(new)'}
+
+## Training data
+- Table: `{settings.lake_uri}/{FEATURES_CUSTOMER_DAILY.name}`, Delta version **{feature_version}** (pinned)
+- Train snapshots {windows['train'][0]} .. {windows['train'][1]} ({len(split.train):,} rows);
+  validation {windows['validation'][0]} .. {windows['validation'][1]} ({len(split.validation):,});
+  holdout {windows['holdout'][0]} .. {windows['holdout'][1]} ({len(split.holdout):,}). Split by time, not at random.
+- Label: no activity in the 30 days after the snapshot day (`label_churn_30d`).
+- Code version: {detected_code_version()}
+
+## Metrics on the holdout
+ROC-AUC {holdout['roc_auc']:.4f}, PR-AUC {holdout['pr_auc']:.4f}, expected calibration error {holdout['ece']:.4f},
+Brier {holdout['brier']:.4f}, churn rate {holdout.get('positive_rate', float('nan')):.3f}.
+
+| slice | rows | ROC-AUC | PR-AUC |
+|---|---|---|---|
+{rows}
+
+## Gate decision
+{"**Promoted**" if decision.promote else "**Not promoted**"}{" (forced: " + str(decision.forced_reason) + ")" if decision.forced else ""}.
+{chr(10).join("- " + c.name + ": " + ("pass" if c.passed else "FAIL") + " - " + c.reason for c in decision.checks)}
+
+## Intended use
+Rank active customers by their risk of churning in the next 30 days, daily, so that
+retention teams can reach the riskiest first. Scores are probabilities from a model
+trained on recent history; use the risk bands, not the third decimal.
+
+## Known limits
+- Trained on simulated data (the reference use case); behaviour on real data is unknown until evaluated there.
+- Customers with no activity in the last 30 days are not scored (not in the snapshot).
+- A new acquisition channel or device unknown at training time is treated as missing.
+- Performance is only known 30 days after scoring (label maturity); watch the drift report meanwhile.
+"""
+
+
+def _model_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("lightgbm", "numpy", "pandas", "scikit-learn", "mlflow")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A registered challenger with its gate decision: what the finishing steps need."""
+
+    version: str
+    mlflow_run_id: str
+    feature_table_version: int
+    decision: dict[str, Any]
+    holdout_roc_auc: float
+    resumed: bool = False
+
+
+def earlier_attempt(registry: Registry, ctx: RunContext, ds: str, feature_version: int) -> Candidate | None:
+    """The challenger an earlier try of this same run already registered, if any.
+
+    A retry must not train and gate again: the first try may have promoted its model
+    before it crashed, and the retry would then gate a copy against it, say "no
+    improvement" and leave the promotion unrecorded (the days after would have no
+    champion). On the same pinned feature version the fit is deterministic, so resuming
+    is what a retrain would have produced, without a duplicate version.
+    """
+    def quoted(value: object) -> str:
+        return "'" + str(value).replace("'", "\\'") + "'"
+
+    runs = registry.client.search_runs(
+        [registry.experiment_id()],
+        filter_string=" and ".join(
+            f"tags.{key} = {quoted(value)}"
+            for key, value in (
+                ("dag_id", ctx.dag_id), ("run_id", ctx.run_id), ("ds", ds), ("feature_table_version", feature_version)
+            )
+        ),
+        order_by=["attribute.start_time DESC"],
+    )
+    for run in runs:
+        versions = [
+            v for v in registry.client.search_model_versions(f"run_id={quoted(run.info.run_id)}")
+            if v.name == registry.name
+        ]
+        if not versions:
+            continue  # crashed before its model was registered: nothing to resume
+        import mlflow
+
+        decision = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/gate/decision.json")
+        version = str(max(int(v.version) for v in versions))
+        log.info("resuming v%s registered by an earlier try of %s (MLflow run %s)", version, ctx.run_id, run.info.run_id)
+        return Candidate(
+            version=version,
+            mlflow_run_id=run.info.run_id,
+            feature_table_version=feature_version,
+            decision=decision | {"challenger": version},
+            holdout_roc_auc=float(run.data.metrics.get("holdout_roc_auc", float("nan"))),
+            resumed=True,
+        )
+    return None
+
+
+def retrain(
+    settings: Settings,
+    day: dt.date,
+    ctx: RunContext,
+    *,
+    dry_run: bool = False,
+    force_promote: bool = False,
+    reason: str | None = None,
+    policy: GatePolicy | None = None,
+) -> dict[str, Any]:
+    """Train, gate and (unless ``dry_run``) promote the challenger of ``day``; a retry resumes."""
+    if force_promote and not (reason and reason.strip()):
+        raise ValueError("force_promote needs a reason")
+    lake = Lake(settings)
+    ds = day.isoformat()
+    frame, feature_version = load_training_frame(lake, day)
+    registry = Registry(settings)
+    candidate = earlier_attempt(registry, ctx, ds, feature_version)
+    if candidate is None:
+        candidate = _train_and_register(
+            settings, registry, frame, feature_version, ds, ctx,
+            force_reason=reason if force_promote else None, policy=policy or GatePolicy(),
+        )
+    return _finish(settings, lake, registry, ds, candidate, ctx, dry_run=dry_run)
+
+
+def _train_and_register(
+    settings: Settings,
+    registry: Registry,
+    frame: pd.DataFrame,
+    feature_version: int,
+    ds: str,
+    ctx: RunContext,
+    *,
+    force_reason: str | None,
+    policy: GatePolicy,
+) -> Candidate:
+    split = T.time_split(frame)
+    model = T.fit(split)
+    holdout = split.holdout.reset_index(drop=True)
+    y = holdout[T.LABEL].astype(int).to_numpy()
+    chal_scores = model.predict(holdout)
+
+    champion = registry.by_alias(CHAMPION)
+    champ_scores = None
+    if champion is not None:
+        champ_scores = T.FittedModel.from_booster(registry.load_booster(champion.version)).predict(holdout)
+    decision = decide(
+        y, chal_scores, champ_scores, {c: holdout[c].astype(str).to_numpy() for c in policy.guarded_slices}, policy,
+        champion=champion.version if champion else None,
+    )
+    if force_reason is not None:
+        decision = forced(decision, force_reason)
+    holdout_metrics = metrics(y, chal_scores)
+    slices = slice_metrics(holdout, chal_scores)
+
+    import mlflow
+    import mlflow.lightgbm
+
+    with mlflow.start_run(experiment_id=registry.experiment_id(), run_name=f"retrain-{ds}") as run:
+        # The tags first: they are how a retry of this run finds what it registered.
+        mlflow.set_tags(
+            {
+                "feature_table": f"{settings.lake_uri}/{FEATURES_CUSTOMER_DAILY.name}",
+                "feature_table_version": feature_version,
+                "code_version": detected_code_version(),
+                "dag_id": ctx.dag_id,
+                "run_id": ctx.run_id,
+                "ds": ds,
+                "windows": json.dumps(split.windows()),
+            }
+        )
+        mlflow.log_params(dict(model.params) | {"best_iteration": model.best_iteration})
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in holdout_metrics.items() if np.isfinite(v)})
+        val = metrics(split.validation[T.LABEL].astype(int).to_numpy(), model.predict(split.validation))
+        mlflow.log_metrics({f"validation_{k}": v for k, v in val.items() if np.isfinite(v)})
+        import matplotlib.pyplot as plt
+
+        for name, fig in _plots(y, chal_scores, model.feature_importance()).items():
+            mlflow.log_figure(fig, f"plots/{name}")
+            plt.close(fig)
+        mlflow.log_dict(slices, "metrics/slices.json")
+        mlflow.log_dict(json.loads(decision.to_json()), "gate/decision.json")
+        info = mlflow.lightgbm.log_model(
+            model.booster,
+            name="model",
+            registered_model_name=settings.model_name,
+            pip_requirements=_model_requirements(),  # explicit: no slow, guessed inference
+        )
+        version = str(info.registered_model_version)
+        decision = dataclasses.replace(decision, challenger=version)
+        card = model_card(version, settings, feature_version, split, holdout_metrics, slices, decision)
+        mlflow.log_text(card, "model_card.md")
+        mlflow_run_id = run.info.run_id
+
+    registry.tag(
+        version,
+        {
+            "gate.promote": decision.promote,
+            "gate.forced": decision.forced,
+            "gate.reasons": "; ".join(decision.reasons)[:4000],
+            "gate.decision_ds": ds,
+            "feature_table_version": feature_version,
+            "training_windows": json.dumps(split.windows()),
+        },
+    )
+    return Candidate(
+        version=version,
+        mlflow_run_id=mlflow_run_id,
+        feature_table_version=feature_version,
+        decision=json.loads(decision.to_json()),
+        holdout_roc_auc=float(holdout_metrics["roc_auc"]),
+    )
+
+
+def _finish(
+    settings: Settings, lake: Lake, registry: Registry, ds: str, candidate: Candidate, ctx: RunContext, *,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """Aliases, the decision row and the promotion record: each step safe to repeat."""
+    decision = candidate.decision
+    version = candidate.version
+    champion_before = decision.get("champion")
+    reason = decision.get("forced_reason") or "; ".join(decision.get("reasons") or [])
+    registry.set_alias(CHALLENGER, version)
+    promoted = bool(decision["promote"]) and not dry_run
+    previous = None
+    if promoted:
+        moved_from = registry.promote(version)
+        # Already champion means an earlier try moved it: the one it replaced is the gate's champion.
+        previous = champion_before if moved_from == version else moved_from
+    log.info("gate decision for v%s: %s", version, json.dumps(decision, sort_keys=True))
+
+    lineage = ctx.lineage(ds, {FEATURES_CUSTOMER_DAILY.name: candidate.feature_table_version}, model_version=version)
+    lake.upsert_rows(
+        MODEL_DECISIONS,
+        ds,
+        [
+            {
+                "model_version": version,
+                "champion_version": champion_before,
+                "promote": bool(decision["promote"]),
+                "promoted": promoted,
+                "dry_run": dry_run,
+                "forced": bool(decision.get("forced")),
+                "reason": reason,
+                "feature_table_version": candidate.feature_table_version,
+                "decision_json": json.dumps(decision, indent=2, sort_keys=True),
+                "run_id": ctx.run_id,
+                "recorded_at": dt.datetime.now(dt.UTC),  # an audit time, not business logic
+                PARTITION_COLUMN: ds,
+            }
+        ],
+        "run_id",
+        lineage,
+    )
+    if promoted:
+        record_promotion(
+            lake, ds, version, previous, forced=bool(decision.get("forced")), reason=reason, ctx=ctx, decision_ds=ds,
+        )
+    return {
+        "ds": ds,
+        "model_version": version,
+        "mlflow_run_id": candidate.mlflow_run_id,
+        "champion_before": champion_before,
+        "promoted": promoted,
+        "dry_run": dry_run,
+        "forced": bool(decision.get("forced")),
+        "reasons": list(decision.get("reasons") or []),
+        "holdout_roc_auc": round(candidate.holdout_roc_auc, 4),
+        "feature_table_version": candidate.feature_table_version,
+        "resumed": candidate.resumed,
+    }

@@ -1,0 +1,226 @@
+"""A deterministic simulator of a subscription business.
+
+Customers (plan, region, channel, device, signup date) and their daily activity
+(sessions, orders, spend, support tickets). Any day regenerates identically from
+``(seed, day)`` alone, in time linear in the number of customers and independent
+of how many days came before, so 1M customers stay affordable.
+
+Churn follows from engagement decay: at a random onset (more likely on the basic
+plan, through paid acquisition, or after support trouble) a customer's activity
+decays over a couple of weeks and then stops. About 5-15% of active customers churn
+within 30 days, and the decay is visible in the features beforehand.
+
+Drift scenarios (``spend_shift``, ``new_channel``, ``null_device``) switch on from a
+date; a defect rate injects duplicates, nulls, malformed and out-of-range values.
+Both are off by default.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from sluice.settings import Settings
+from sluice.sources import RAW_SCHEMA, conform
+
+PLANS = ("basic", "standard", "premium")
+REGIONS = ("na", "eu", "apac", "latam")
+CHANNELS = ("organic", "paid_search", "social", "referral", "partner")
+DEVICES = ("ios", "android", "web")
+EVENT_TYPES = ("session", "order", "support_ticket")
+NEW_CHANNEL = "tiktok"
+DRIFT_SCENARIOS = ("spend_shift", "new_channel", "null_device")
+DEFECT_KINDS = ("duplicate", "null_key", "malformed", "out_of_range", "bad_category")
+
+
+def parse_drift(spec: str) -> dict[str, dt.date]:
+    """'spend_shift@2026-03-01,null_device@2026-03-10' -> {scenario: start day}."""
+    out: dict[str, dt.date] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, day = part.partition("@")
+        if name not in DRIFT_SCENARIOS or not day:
+            raise ValueError(f"bad drift scenario {part!r}; use NAME@YYYY-MM-DD with NAME in {DRIFT_SCENARIOS}")
+        out[name] = dt.date.fromisoformat(day)
+    return out
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *key])
+
+
+@dataclass(frozen=True)
+class SimulatorSource:
+    n_customers: int = 20_000
+    seed: int = 7
+    epoch: dt.date = dt.date(2026, 1, 1)
+    drift: dict[str, dt.date] = field(default_factory=dict)
+    defect_rate: float = 0.0
+    defect_days: tuple[dt.date, ...] = ()
+    name: str = "simulator"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SimulatorSource:
+        return cls(
+            n_customers=settings.sim_customers,
+            seed=settings.sim_seed,
+            epoch=settings.sim_epoch,
+            drift=parse_drift(settings.sim_drift),
+            defect_rate=settings.sim_defect_rate,
+            defect_days=tuple(settings.sim_defect_days),
+        )
+
+    # -- the population ------------------------------------------------------------
+    @cached_property
+    def customers(self) -> pd.DataFrame:
+        """Static attributes and latent behaviour of every customer."""
+        n = self.n_customers
+        rng = _rng(self.seed, 0)
+        ids = np.arange(1, n + 1, dtype=np.int64) + 100_000
+        signup = rng.integers(-540, 365, size=n)  # days relative to the epoch
+        plan = rng.choice(3, size=n, p=[0.5, 0.35, 0.15])
+        region = rng.choice(4, size=n, p=[0.4, 0.3, 0.2, 0.1])
+        channel = rng.choice(5, size=n, p=[0.35, 0.25, 0.2, 0.12, 0.08])
+        device = rng.choice(3, size=n, p=[0.35, 0.35, 0.3])
+        engagement = np.clip(rng.beta(4, 2.5, size=n) + 0.08 * plan, 0.2, 0.95)
+        # Hazard of the decay onset per day: basic plan, paid acquisition and the
+        # latam/apac regions churn more.
+        hazard = (1 / 450) * np.array([1.6, 1.0, 0.6])[plan] * np.array([1.0, 1.5, 1.2, 0.8, 0.9])[channel]
+        hazard *= np.array([0.9, 1.0, 1.2, 1.3])[region]
+        onset = signup + 7 + rng.exponential(1 / hazard).astype(np.int64)
+        decay_len = rng.integers(8, 22, size=n)  # days from onset to the last possible event
+        spend_scale = np.array([18.0, 35.0, 70.0])[plan] * rng.lognormal(0, 0.3, size=n)
+        return pd.DataFrame(
+            {
+                "customer_id": ids,
+                "signup": signup,
+                "plan": plan,
+                "region": region,
+                "channel": channel,
+                "device": device,
+                "engagement": engagement,
+                "onset": onset,
+                "decay_len": decay_len,
+                "spend_scale": spend_scale,
+            }
+        )
+
+    # -- one day ---------------------------------------------------------------------
+    def events_for_day(self, day: dt.date) -> pd.DataFrame:
+        """Typed events of ``day`` before defects: one row per event."""
+        c = self.customers
+        t = (day - self.epoch).days
+        rng = _rng(self.seed, 1, day.toordinal())
+        since_onset = t - c["onset"].to_numpy()
+        decay = np.exp(-np.clip(since_onset, 0, None) / 4.0)
+        alive = (c["signup"].to_numpy() <= t) & (since_onset < c["decay_len"].to_numpy())
+        weekday = 0.85 if day.weekday() >= 5 else 1.0
+        p_active = c["engagement"].to_numpy() * decay * weekday
+        active = alive & (rng.random(len(c)) < p_active)
+        idx = np.flatnonzero(active)
+        k = len(idx)
+        eng = c["engagement"].to_numpy()[idx]
+        decaying = since_onset[idx] >= 0
+        n_sessions = 1 + rng.poisson(1.2 * eng * np.where(decaying, 0.5, 1.0))
+        n_orders = rng.binomial(1, np.clip(0.12 + 0.1 * c["plan"].to_numpy()[idx], 0, 1))
+        n_tickets = rng.binomial(1, np.where(decaying, 0.12, 0.02))
+        counts = np.stack([n_sessions, n_orders, n_tickets], axis=1)  # (k, 3)
+        per_customer = counts.sum(axis=1)
+        total = int(per_customer.sum())
+        owner = np.repeat(idx, per_customer)
+        etype = np.concatenate([np.repeat(np.arange(3), row) for row in counts]) if k else np.array([], dtype=int)
+        seq = np.arange(total) - np.repeat(np.cumsum(per_customer) - per_customer, per_customer)
+        seconds = np.sort(rng.integers(0, 86_400, size=total))  # order within the day is arbitrary
+        rng.shuffle(seconds)
+
+        duration = np.where(etype == 0, np.round(rng.lognormal(6.0, 0.7, size=total)), np.nan)
+        spend_factor = 1.6 if self._drift_on("spend_shift", day) else 1.0
+        amount = np.where(
+            etype == 1,
+            np.round(c["spend_scale"].to_numpy()[owner] * rng.lognormal(0, 0.25, size=total) * spend_factor, 2),
+            np.nan,
+        )
+        channel = np.array(CHANNELS + (NEW_CHANNEL,), dtype=object)[c["channel"].to_numpy()[owner]]
+        if self._drift_on("new_channel", day):
+            # Customers who signed up since the switch come through the new channel (a third of them).
+            start = (self.drift["new_channel"] - self.epoch).days
+            new = (c["signup"].to_numpy()[owner] >= start) & (c["customer_id"].to_numpy()[owner] % 3 == 0)
+            channel = np.where(new, NEW_CHANNEL, channel)
+        device = np.array(DEVICES, dtype=object)[c["device"].to_numpy()[owner]]
+        if self._drift_on("null_device", day):
+            device = np.where(rng.random(total) < 0.6, None, device)
+
+        customer_id = c["customer_id"].to_numpy()[owner]
+        day_str = day.strftime("%Y%m%d")
+        event_id = pd.Series(customer_id).astype(str).radd(f"e{day_str}-") + "-" + pd.Series(seq).astype(str)
+        midnight = pd.Timestamp(day, tz="UTC")
+        return pd.DataFrame(
+            {
+                "event_id": event_id.to_numpy(),
+                "customer_id": customer_id,
+                "event_time": midnight + pd.to_timedelta(seconds, unit="s"),
+                "event_type": np.array(EVENT_TYPES, dtype=object)[etype],
+                "duration_s": duration,
+                "amount": amount,
+                "plan": np.array(PLANS, dtype=object)[c["plan"].to_numpy()[owner]],
+                "region": np.array(REGIONS, dtype=object)[c["region"].to_numpy()[owner]],
+                "channel": channel,
+                "device": device,
+                "signup_date": (pd.Timestamp(self.epoch) + pd.to_timedelta(c["signup"].to_numpy()[owner], unit="D")).date,
+            }
+        )
+
+    def _drift_on(self, scenario: str, day: dt.date) -> bool:
+        start = self.drift.get(scenario)
+        return start is not None and day >= start
+
+    def churn_truth(self, day: dt.date, horizon: int = 30) -> pd.Series:
+        """Whether each customer has no possible activity in (day, day+horizon]: ground truth for tests."""
+        c = self.customers
+        t = (day - self.epoch).days
+        last_possible = c["onset"] + c["decay_len"] - 1
+        return pd.Series(last_possible.to_numpy() <= t, index=c["customer_id"])
+
+    # -- the Source interface ------------------------------------------------------
+    def extract(self, start: dt.datetime, end: dt.datetime) -> pa.Table:
+        days = pd.date_range(start.date(), (end - dt.timedelta(microseconds=1)).date(), freq="D")
+        frames = [self.raw_day(d.date()) for d in days]
+        return pa.concat_tables(frames) if frames else RAW_SCHEMA.empty_table()
+
+    def raw_day(self, day: dt.date) -> pa.Table:
+        """The day's events as the source would deliver them: text, defects included."""
+        events = self.events_for_day(day)
+        table = conform(pa.Table.from_pandas(events, preserve_index=False), f"simulator {day}")
+        if self.defect_rate > 0 and (not self.defect_days or day in self.defect_days):
+            table = inject_defects(table, self.defect_rate, _rng(self.seed, 2, day.toordinal()))
+        return table
+
+
+def inject_defects(table: pa.Table, rate: float, rng: np.random.Generator) -> pa.Table:
+    """Spoil about ``rate`` of the rows, spread over every kind of defect."""
+    df = table.to_pandas()
+    n = len(df)
+    n_bad = int(round(rate * n))
+    if n_bad == 0:
+        return table
+    victims = rng.choice(n, size=min(n_bad, n), replace=False)
+    kinds = np.array(DEFECT_KINDS)[np.arange(len(victims)) % len(DEFECT_KINDS)]
+    duplicates = victims[kinds == "duplicate"]
+    for row, kind in zip(victims, kinds):
+        if kind == "null_key":
+            df.iat[row, df.columns.get_loc("customer_id" if row % 2 else "event_id")] = None
+        elif kind == "malformed":
+            col, value = [("amount", "12,50 EUR"), ("event_time", "yesterday"), ("customer_id", "C-12")][row % 3]
+            df.iat[row, df.columns.get_loc(col)] = value
+        elif kind == "out_of_range":
+            col, value = [("amount", "-40.00"), ("duration_s", "999999"), ("event_time", "1999-01-01T00:00:00Z")][row % 3]
+            df.iat[row, df.columns.get_loc(col)] = value
+        elif kind == "bad_category":
+            col, value = [("event_type", "sesion"), ("plan", "gold"), ("region", "mars")][row % 3]
+            df.iat[row, df.columns.get_loc(col)] = value
+    df = pd.concat([df, df.iloc[duplicates]], ignore_index=True)
+    return pa.Table.from_pandas(df, schema=RAW_SCHEMA, preserve_index=False)

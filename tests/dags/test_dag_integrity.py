@@ -1,0 +1,153 @@
+"""DAG integrity: every file imports, every DAG is configured on purpose, and parsing
+the DAG folder makes no metadata-DB query, looks up no connection or variable, and
+imports none of the heavy libraries (they belong inside task bodies)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
+EXPECTED_DAGS = {"ingest_raw", "nightly_etl", "weekly_retrain", "batch_score"}
+DAILY = ("ingest_raw", "nightly_etl", "batch_score")
+HEAVY = ("pandas", "pandera", "deltalake", "lightgbm", "mlflow", "sklearn", "evidently", "boto3", "psycopg2")
+
+
+@pytest.fixture(scope="module")
+def migrated_db() -> None:
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+
+class _Forbidden(AssertionError):
+    pass
+
+
+def _refuse(*args: object, **kwargs: object) -> None:
+    raise _Forbidden(f"connection or variable looked up while parsing: {args}")
+
+
+@pytest.fixture(scope="module")
+def dagbag(migrated_db: None):
+    """Parse the DAG folder while counting DB queries and refusing connection/variable lookups."""
+    import airflow.settings as settings
+    from airflow.dag_processing.dagbag import DagBag
+    from sqlalchemy import event
+
+    queries: list[str] = []
+
+    def count(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
+        queries.append(statement)
+
+    with ExitStack() as stack:
+        stack.enter_context(mock.patch("airflow.sdk.execution_time.context._get_connection", side_effect=_refuse))
+        stack.enter_context(mock.patch("airflow.sdk.execution_time.context._get_variable", side_effect=_refuse))
+        stack.enter_context(mock.patch("airflow.models.variable.Variable.get", side_effect=_refuse))
+        stack.enter_context(
+            mock.patch("airflow.models.connection.Connection.get_connection_from_secrets", side_effect=_refuse)
+        )
+        event.listen(settings.engine, "before_cursor_execute", count)
+        try:
+            bag = DagBag(dag_folder=str(DAGS_DIR), safe_mode=False)
+        finally:
+            event.remove(settings.engine, "before_cursor_execute", count)
+    bag.parse_queries = queries  # type: ignore[attr-defined]
+    return bag
+
+
+def test_every_dag_file_imports(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dags) == EXPECTED_DAGS
+
+
+def test_parsing_makes_no_metadata_query(dagbag) -> None:
+    assert dagbag.parse_queries == []
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
+def test_parsing_imports_no_heavy_library(dag_file: Path) -> None:
+    code = (
+        "import runpy, sys\n"
+        f"runpy.run_path({str(dag_file)!r})\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1:] in ([], [""]), f"{dag_file.name} imports {out.stdout.strip()} at parse time"
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAGS))
+def test_dag_is_configured_on_purpose(dagbag, dag_id: str) -> None:
+    dag = dagbag.dags[dag_id]
+    assert dag.dag_id == Path(dag.fileloc).stem, "dag_id must be the file stem"
+    assert dag.tags, "every DAG needs tags"
+    assert dag.doc_md and "backfill" in dag.doc_md, "doc_md must say how to backfill"
+    assert dag.max_active_runs is not None
+    assert dag.catchup is False
+    for task in dag.tasks:
+        assert task.owner and task.owner != "airflow", f"{task.task_id} has no owner"
+        assert task.retries >= 2, f"{task.task_id} retries {task.retries}"
+        assert task.retry_delay.total_seconds() > 0
+
+
+@pytest.mark.parametrize("dag_id", DAILY)
+def test_daily_dags_have_a_whole_day_data_interval(dagbag, dag_id: str) -> None:
+    import datetime as dt
+
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import DataInterval
+
+    # What the scheduler uses: the core twin of the DAG's timetable.
+    timetable = coerce_to_core_timetable(dagbag.dags[dag_id].timetable)
+    info = timetable.next_dagrun_info(
+        last_automated_data_interval=DataInterval(
+            dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+        ),
+        restriction=mock.Mock(earliest=None, latest=None, catchup=True),
+    )
+    assert info.data_interval.start == dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    assert info.data_interval.end - info.data_interval.start == dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAGS))
+def test_partition_day_param_rejects_bad_values(dagbag, dag_id: str) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    param = dagbag.dags[dag_id].params.get_param("partition_day")
+    assert param.description, "the trigger form must explain the param"
+    assert param.resolve(None) is None
+    assert param.resolve("2026-01-05") == "2026-01-05"
+    for bad in ("2026-13-01", "2026-02-30", "yesterday", "2026-01-01' OR 1=1 --", "../../etc", "20260105"):
+        with pytest.raises(ParamValidationError):
+            param.resolve(bad)
+
+
+def test_weekly_retrain_runs_in_the_training_pool_with_typed_params(dagbag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.dags["weekly_retrain"]
+    assert dag.get_task("retrain_and_gate").pool == "training"
+    assert dag.max_active_runs == 1
+    params = dag.params
+    for name in ("partition_day", "dry_run", "force_promote", "reason"):
+        assert params.get_param(name).description, name
+    assert params.get_param("dry_run").resolve(True) is True
+    with pytest.raises(ParamValidationError):
+        params.get_param("dry_run").resolve("yes please")
+    with pytest.raises(ParamValidationError):
+        params.get_param("reason").resolve("x" * 501)
+
+
+def test_weekly_retrain_as_of_day_is_the_sunday_that_ends_the_week() -> None:
+    import datetime as dt
+
+    from sluice.orchestration import as_of_day
+
+    monday = dt.datetime(2026, 2, 9, tzinfo=dt.UTC)
+    context = {"params": {}, "data_interval_start": monday, "data_interval_end": monday + dt.timedelta(days=7)}
+    assert as_of_day(context) == dt.date(2026, 2, 15)
+    assert as_of_day({"params": {"partition_day": "2026-02-20"}}) == dt.date(2026, 2, 20)

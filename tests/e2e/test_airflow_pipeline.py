@@ -1,0 +1,131 @@
+"""End to end through a real Airflow (API server, scheduler, DAG processor; LocalExecutor).
+
+Both DAGs run as `airflow backfill create` backfills over consecutive days; re-running
+days (by backfill and by a manual trigger with the partition_day param) changes no
+content; a day whose defects exceed the contract's limit fails without retries and
+leaves curated events and features exactly as they were.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sluice.lake import Lake
+from sluice.local_airflow import LocalAirflow, free_port
+from sluice.settings import load_settings
+from sluice.tables import CURATED_EVENTS, FEATURES_CUSTOMER_DAILY, QUARANTINE_EVENTS, RAW_EVENTS
+
+pytestmark = pytest.mark.e2e
+
+START, END = "2026-01-01", "2026-01-06"
+BAD_DAY = "2026-01-07"
+DAYS = [str(dt.date(2026, 1, 1) + dt.timedelta(days=i)) for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("e2e")
+    lake_uri = (root / "lake").as_uri()
+    env = {
+        "SLUICE_LAKE_URI": lake_uri,
+        "SLUICE_SIM_CUSTOMERS": "2000",
+        "SLUICE_SIM_DEFECT_RATE": "0.3",
+        "SLUICE_SIM_DEFECT_DAYS": BAD_DAY,  # only this day is spoiled
+    }
+    airflow = LocalAirflow(home=root / "airflow", port=free_port(), extra_env=env)
+    airflow.migrate()
+    airflow.apply_settings()
+    airflow.start()
+    try:
+        airflow.wait_until_healthy()
+        airflow.wait_for_dags(["ingest_raw", "nightly_etl"])
+        yield airflow, Lake(load_settings(lake_uri=lake_uri))
+    finally:
+        airflow.stop()
+
+
+def _contents(lake: Lake, table, days=DAYS) -> pd.DataFrame:
+    frame = lake.read_partitions(table, days).to_pandas()
+    return frame.sort_values(list(frame.columns[:2]), ignore_index=True)
+
+
+def _run_id(day: str) -> str:
+    """Backfill run ids carry run_after, the end of the day's data interval."""
+    return f"backfill__{dt.date.fromisoformat(day) + dt.timedelta(days=1)}T00:00:00+00:00"
+
+
+def _backfill_and_wait(airflow: LocalAirflow, dag_id: str, start: str, end: str, reprocess: str = "failed"):
+    """Create a backfill and wait until every run of the DAG has finished."""
+    before = {r["run_id"] for r in airflow.runs(dag_id)}
+    airflow.backfill(dag_id, start, end, reprocess=reprocess)
+    n_days = (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days + 1
+    days = [str(dt.date.fromisoformat(start) + dt.timedelta(days=i)) for i in range(n_days)]
+    return airflow.wait_for_runs(dag_id, len(before | {_run_id(d) for d in days}), timeout=900)
+
+
+def test_backfills_run_both_dags_through_airflow(stack) -> None:
+    airflow, lake = stack
+    runs = _backfill_and_wait(airflow, "ingest_raw", START, END)
+    assert [r["state"] for r in runs] == ["success"] * len(DAYS)
+    runs = _backfill_and_wait(airflow, "nightly_etl", START, END)
+    assert [r["state"] for r in runs] == ["success"] * len(DAYS)
+
+    for table in (RAW_EVENTS, CURATED_EVENTS, FEATURES_CUSTOMER_DAILY):
+        assert lake.partitions(table) == DAYS, table.name
+    rows = lake.partition_rows(FEATURES_CUSTOMER_DAILY)
+    assert all(n > 300 for n in rows.values()), rows
+    lineage = lake.lineage(FEATURES_CUSTOMER_DAILY)
+    assert lineage is not None
+    assert lineage.dag_id == "nightly_etl"
+    assert lineage.run_id.startswith("backfill__")
+    assert lineage.ds == END
+    assert set(lineage.inputs) >= {CURATED_EVENTS.name, "state/customer_cumulative"}
+
+
+def test_rerunning_days_changes_no_content(stack) -> None:
+    airflow, lake = stack
+    before = {t.name: _contents(lake, t) for t in (RAW_EVENTS, CURATED_EVENTS, FEATURES_CUSTOMER_DAILY)}
+    versions = {t.name: lake.version(t) for t in (RAW_EVENTS, CURATED_EVENTS, FEATURES_CUSTOMER_DAILY)}
+
+    _backfill_and_wait(airflow, "ingest_raw", "2026-01-03", "2026-01-04", reprocess="completed")
+    _backfill_and_wait(airflow, "nightly_etl", "2026-01-03", "2026-01-04", reprocess="completed")
+    run_id = airflow.trigger("nightly_etl", conf={"partition_day": "2026-01-05"})
+    runs = airflow.wait_for_runs("nightly_etl", len(DAYS) + 1, timeout=600)
+    assert {r["run_id"]: r["state"] for r in runs}[run_id] == "success"
+
+    for table in (RAW_EVENTS, CURATED_EVENTS, FEATURES_CUSTOMER_DAILY):
+        assert lake.version(table) > versions[table.name], f"{table.name} was not rewritten"
+        pd.testing.assert_frame_equal(_contents(lake, table), before[table.name], obj=table.name)
+
+
+def test_day_over_the_defect_limit_fails_cleanly(stack) -> None:
+    airflow, lake = stack
+    runs = _backfill_and_wait(airflow, "ingest_raw", BAD_DAY, BAD_DAY)
+    assert all(r["state"] == "success" for r in runs)
+    versions = {t.name: lake.version(t) for t in (CURATED_EVENTS, FEATURES_CUSTOMER_DAILY)}
+    partitions = {t.name: lake.partitions(t) for t in (CURATED_EVENTS, FEATURES_CUSTOMER_DAILY)}
+
+    runs = _backfill_and_wait(airflow, "nightly_etl", BAD_DAY, BAD_DAY)
+    bad = [r for r in runs if r["run_id"] == _run_id(BAD_DAY)]
+    assert bad and bad[0]["state"] == "failed", runs
+
+    # Nothing downstream moved; the spoiled rows are kept in quarantine.
+    for table in (CURATED_EVENTS, FEATURES_CUSTOMER_DAILY):
+        assert lake.version(table) == versions[table.name]
+        assert lake.partitions(table) == partitions[table.name]
+    quarantined = lake.read_partition(QUARANTINE_EVENTS, BAD_DAY).to_pandas()
+    assert len(quarantined) > 0.2 * lake.partition_rows(RAW_EVENTS)[BAD_DAY]
+    assert quarantined["failed_checks"].str.contains("amount: parse_number").any()
+
+    # The task failed once, without retries, and said why.
+    log_dir = Path(airflow.home) / "logs" / "dag_id=nightly_etl" / f"run_id={bad[0]['run_id']}" / "task_id=curate_events"
+    attempts = sorted(p.name for p in log_dir.iterdir())
+    assert attempts == ["attempt=1.log"], attempts
+    text = (log_dir / "attempt=1.log").read_text()
+    assert "break the contract" in text
+    for column in ("event_id", "customer_id", "amount", "event_time"):
+        assert column in text

@@ -1,0 +1,166 @@
+"""The ML loop end to end through Airflow: weekly retraining with the gate, then daily
+scoring with the champion of each day, published to PostgreSQL and Redis.
+
+Six simulated weeks: the first weeks skip retraining (labels mature 30 days after a
+snapshot), later ones train, gate and promote; batch_score then scores the last week,
+each day with the model that was champion on it, and re-scoring changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+import psycopg2
+import pytest
+import redis
+from psycopg2 import sql
+
+from sluice import promotions
+from sluice.lake import Lake
+from sluice.local_airflow import LocalAirflow, free_port
+from sluice.registry import CHAMPION, Registry
+from sluice.settings import load_settings
+from sluice.tables import FEATURES_CUSTOMER_DAILY, MODEL_DECISIONS, PREDICTIONS_CHURN
+
+pytestmark = pytest.mark.e2e
+
+START, END = "2026-01-01", "2026-02-15"
+MONDAYS = ("2026-01-26", "2026-02-09")  # weeks ending 02-01 (too early: skips), 02-08, 02-15
+SCORE_FROM = "2026-02-09"
+SCORE_DAYS = [str(dt.date(2026, 2, 9) + dt.timedelta(days=i)) for i in range(7)]
+REDIS_DB = 7
+
+
+@pytest.fixture(scope="module")
+def scores_db():
+    name = f"sluice_e2e_{uuid.uuid4().hex[:8]}"
+
+    def admin(statement: sql.Composable) -> None:
+        # Not `with conn:` (psycopg2 2.9 opens a transaction there, and CREATE DATABASE refuses one).
+        conn = psycopg2.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+        conn.autocommit = True
+        try:
+            conn.cursor().execute(statement)
+        finally:
+            conn.close()
+
+    admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield name
+    admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, scores_db: str):
+    root = tmp_path_factory.mktemp("ml")
+    redis.Redis(db=REDIS_DB).flushdb()
+    env = {
+        "SLUICE_LAKE_URI": (root / "lake").as_uri(),
+        "SLUICE_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "SLUICE_SIM_CUSTOMERS": "2000",
+        "AIRFLOW_CONN_SLUICE_SCORES_POSTGRES": f"postgresql://postgres@127.0.0.1:5432/{scores_db}",
+        "AIRFLOW_CONN_SLUICE_SCORES_REDIS": f"redis://127.0.0.1:6379/{REDIS_DB}",
+    }
+    airflow = LocalAirflow(home=root / "airflow", port=free_port(), extra_env=env)
+    airflow.migrate()
+    airflow.serialize_dags()
+    airflow.apply_settings()
+    settings = load_settings(lake_uri=env["SLUICE_LAKE_URI"], mlflow_tracking_uri=env["SLUICE_MLFLOW_TRACKING_URI"])
+    airflow.backfill("ingest_raw", START, END)
+    airflow.backfill("nightly_etl", START, END)
+    airflow.start()
+    try:
+        airflow.wait_until_healthy()
+        n = (dt.date.fromisoformat(END) - dt.date.fromisoformat(START)).days + 1
+        for dag_id in ("ingest_raw", "nightly_etl"):
+            runs = airflow.wait_for_runs(dag_id, n, timeout=1200)
+            assert all(r["state"] == "success" for r in runs), runs
+        yield airflow, settings
+    finally:
+        airflow.stop()
+        redis.Redis(db=REDIS_DB).flushdb()
+
+
+def test_weekly_retraining_gates_and_promotes(stack) -> None:
+    airflow, settings = stack
+    airflow.backfill("weekly_retrain", *MONDAYS, max_active_runs=1)
+    runs = airflow.wait_for_runs("weekly_retrain", 3, timeout=1200)
+    assert all(r["state"] == "success" for r in runs), runs
+
+    lake = Lake(settings)
+    decided = lake.partitions(MODEL_DECISIONS)
+    assert decided == ["2026-02-08", "2026-02-15"], "weeks without matured labels skip"
+    first = lake.read_partition(MODEL_DECISIONS, "2026-02-08").to_pylist()[-1]
+    record = json.loads(first["decision_json"])
+    assert first["promoted"] and record["champion"] is None
+    assert [c["name"] for c in record["checks"]] == ["floors"]
+    second = json.loads(lake.read_partition(MODEL_DECISIONS, "2026-02-15").to_pylist()[0]["decision_json"])
+    assert {c["name"] for c in second["checks"]} == {"floors", "improvement", "slices", "calibration"}
+    assert all(c["reason"] for c in second["checks"])
+
+    registry = Registry(settings)
+    champion = registry.by_alias(CHAMPION)
+    assert champion is not None
+    assert champion.tags["gate.promote"] == "True"
+    history = promotions.history(lake)
+    assert history[0]["ds"] == "2026-02-08" and history[-1]["model_version"] == champion.version
+    for version in registry.versions():
+        assert version.tags.get("feature_table_version"), "every version records its training data"
+
+
+def test_each_day_is_scored_with_its_champion_and_published(stack, scores_db: str) -> None:
+    airflow, settings = stack
+    airflow.backfill("batch_score", SCORE_FROM, END, max_active_runs=4)
+    runs = airflow.wait_for_runs("batch_score", len(SCORE_DAYS), timeout=900)
+    assert all(r["state"] == "success" for r in runs), runs
+
+    lake = Lake(settings)
+    assert lake.partitions(PREDICTIONS_CHURN) == SCORE_DAYS
+    features_rows = lake.partition_rows(FEATURES_CUSTOMER_DAILY)
+    for day in SCORE_DAYS:
+        scored = lake.read_partition(PREDICTIONS_CHURN, day).to_pandas()
+        assert len(scored) == features_rows[day] == scored["customer_id"].nunique()
+        assert set(scored["model_version"]) == {promotions.champion_on(lake, dt.date.fromisoformat(day))}
+        assert scored["score"].between(0, 1).all()
+
+    with psycopg2.connect(f"host=127.0.0.1 user=postgres dbname={scores_db}") as conn, conn.cursor() as cur:
+        cur.execute("SELECT ds::text, count(*) FROM churn_scores GROUP BY ds ORDER BY ds")
+        assert cur.fetchall() == [(d, features_rows[d]) for d in SCORE_DAYS]
+    client = redis.Redis(db=REDIS_DB)
+    assert client.get("sluice:churn:latest").decode() == END
+    assert client.hlen(f"sluice:churn:{END}") == features_rows[END]
+
+
+def test_rescoring_a_day_changes_nothing(stack, scores_db: str) -> None:
+    airflow, settings = stack
+    lake = Lake(settings)
+    before = lake.read_partition(PREDICTIONS_CHURN, END).to_pandas()
+    airflow.backfill("batch_score", END, END, reprocess="completed")
+    runs = airflow.wait_for_runs("batch_score", len(SCORE_DAYS), timeout=600)
+    assert all(r["state"] == "success" for r in runs), runs
+    after = lake.read_partition(PREDICTIONS_CHURN, END).to_pandas()
+    assert after.sort_values("customer_id").reset_index(drop=True).equals(
+        before.sort_values("customer_id").reset_index(drop=True)
+    )
+    with psycopg2.connect(f"host=127.0.0.1 user=postgres dbname={scores_db}") as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(DISTINCT (ds, customer_id)) FROM churn_scores")
+        total, distinct = cur.fetchone()
+        assert total == distinct
+
+
+def test_a_dry_run_decides_but_moves_no_alias(stack) -> None:
+    airflow, settings = stack
+    registry = Registry(settings)
+    champion = registry.by_alias(CHAMPION).version
+    run_id = airflow.trigger(
+        "weekly_retrain", conf={"partition_day": END, "dry_run": True, "force_promote": True, "reason": "e2e dry run"}
+    )
+    runs = airflow.wait_for_runs("weekly_retrain", 4, timeout=900)
+    assert {r["run_id"]: r["state"] for r in runs}[run_id] == "success"
+    decisions = Lake(settings).read_partition(MODEL_DECISIONS, END).to_pylist()
+    assert len(decisions) == 2, "the scheduled decision of the day is kept beside the dry run"
+    decision = next(d for d in decisions if d["run_id"] == run_id)
+    assert decision["dry_run"] and decision["forced"] and not decision["promoted"]
+    assert "e2e dry run" in decision["reason"]
+    assert registry.by_alias(CHAMPION).version == champion

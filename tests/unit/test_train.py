@@ -1,0 +1,257 @@
+"""Training: the time split, matured labels, the model matrix, and fit() on simulator data."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from sluice import features as F
+from sluice import train as T
+from sluice.sources.simulator import SimulatorSource
+from sluice.tables import FEATURES_CUSTOMER_DAILY, PARTITION_COLUMN
+
+DS = PARTITION_COLUMN
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def days_frame(n_days: int, rows_per_day: int = 4, start: dt.date = dt.date(2026, 1, 1), seed: int = 0) -> pd.DataFrame:
+    """A tiny frame with a partition day, a label and a row id, rows in random order."""
+    days = [(start + dt.timedelta(days=i)).isoformat() for i in range(n_days)]
+    frame = pd.DataFrame(
+        {
+            DS: np.repeat(days, rows_per_day),
+            "row": np.arange(n_days * rows_per_day),
+            T.LABEL: pd.array(np.tile([0, 1], n_days * rows_per_day // 2 + 1)[: n_days * rows_per_day], dtype="Int8"),
+        }
+    )
+    return frame.sample(frac=1, random_state=seed).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def lake_features(history_lake) -> pd.DataFrame:
+    """Every snapshot the pipeline wrote over the session's history (labelled or not)."""
+    return history_lake.lake.read_table(FEATURES_CUSTOMER_DAILY).to_pandas()
+
+
+@pytest.fixture(scope="module")
+def lake_split(lake_features) -> T.Split:
+    return T.time_split(T.matured(lake_features))
+
+
+@pytest.fixture(scope="module")
+def fitted(lake_split) -> T.FittedModel:
+    return T.fit(lake_split)
+
+
+@pytest.fixture(scope="module")
+def simulated_split() -> T.Split:
+    """A larger matured history built in memory with the feature functions (no lake: 2 s).
+
+    The session's history lake has only ~9 distinct churners in its holdout, too few to
+    tell a model that knows nothing (ROC-AUC 0.5) from one that is wrong by chance (0.35).
+    Here the holdout has ~100 churn labels from ~35 customers.
+    """
+    source = SimulatorSource(n_customers=3000, seed=3)
+    start = dt.date(2026, 1, 1)
+    states: dict[dt.date, pd.DataFrame] = {}
+    snapshots: dict[dt.date, pd.DataFrame] = {}
+    for i in range(45):
+        day = start + dt.timedelta(days=i)
+        state = F.advance_state(states.get(day - dt.timedelta(days=1)), F.daily_activity(source.events_for_day(day)), day)
+        states[day] = state
+        snapshots[day] = F.features_as_of(state, {w: states.get(day - dt.timedelta(days=w)) for w in F.WINDOWS}, day)
+        labelled = day - dt.timedelta(days=F.LABEL_HORIZON_DAYS)
+        if labelled in snapshots:
+            snapshots[labelled] = F.churn_labels(snapshots[labelled], state, labelled)
+    return T.time_split(T.matured(pd.concat(snapshots.values(), ignore_index=True)))
+
+
+def holdout_auc(split: T.Split, model: T.FittedModel) -> float:
+    return float(roc_auc_score(split.holdout[T.LABEL].astype(int), model.predict(split.holdout)))
+
+
+# -- matured -------------------------------------------------------------------------------
+
+
+def test_matured_drops_rows_whose_label_is_not_known():
+    frame = days_frame(4)
+    frame.loc[frame["row"] % 3 == 0, T.LABEL] = pd.NA
+    out = T.matured(frame)
+    assert out[T.LABEL].notna().all()
+    assert sorted(out["row"]) == sorted(frame.loc[frame[T.LABEL].notna(), "row"])
+
+
+def test_matured_keeps_only_labels_known_by_as_of():
+    frame = days_frame(10)  # 2026-01-01 .. 2026-01-10, every label filled
+    # On 2026-02-05 the label of 2026-01-06 has just matured (horizon 30 days), that of 01-07 not yet.
+    out = T.matured(frame, as_of=dt.date(2026, 2, 5))
+    assert sorted(out[DS].unique()) == [f"2026-01-{d:02d}" for d in range(1, 7)]
+    assert len(T.matured(frame, as_of=dt.date(2026, 1, 30))) == 0
+    assert len(T.matured(frame, as_of=dt.date(2026, 3, 1))) == len(frame)
+    assert len(T.matured(frame)) == len(frame)  # no as_of: every filled label
+
+
+def test_matured_on_the_lake_respects_as_of(history_lake, lake_features):
+    last = history_lake.days[-1]
+    everything = T.matured(lake_features)
+    assert len(everything) and everything[T.LABEL].notna().all()
+    # The pipeline fills a label exactly when it matures: nothing newer than last - 30 is labelled.
+    assert everything[DS].max() == (last - dt.timedelta(days=F.LABEL_HORIZON_DAYS)).isoformat()
+    assert len(T.matured(lake_features, as_of=last)) == len(everything)
+    # Retraining "as of" three days ago must not see the three labels that matured since.
+    earlier = T.matured(lake_features, as_of=last - dt.timedelta(days=3))
+    assert earlier[DS].max() == (last - dt.timedelta(days=F.LABEL_HORIZON_DAYS + 3)).isoformat()
+    assert set(earlier[DS]) == set(everything[DS]) - set(sorted(everything[DS].unique())[-3:])
+
+
+# -- time_split ----------------------------------------------------------------------------
+
+
+def test_time_split_holds_out_the_most_recent_days():
+    frame = days_frame(10)
+    split = T.time_split(frame)
+    days = sorted(frame[DS].unique())
+    assert sorted(split.holdout[DS].unique()) == days[-3:]
+    assert sorted(split.validation[DS].unique()) == days[-6:-3]
+    assert sorted(split.train[DS].unique()) == days[:-6]
+    assert split.windows() == {
+        "train": [days[0], days[3]],
+        "validation": [days[4], days[6]],
+        "holdout": [days[7], days[9]],
+    }
+    # Every row lands in exactly one part, whatever the input order.
+    rows = pd.concat([split.train["row"], split.validation["row"], split.holdout["row"]])
+    assert sorted(rows) == sorted(frame["row"])
+
+
+def test_time_split_sizes_are_configurable():
+    split = T.time_split(days_frame(12), holdout_days=2, validation_days=4)
+    assert split.holdout[DS].nunique() == 2 and split.validation[DS].nunique() == 4
+    assert split.train[DS].nunique() == 6
+
+
+def test_time_split_on_the_lake_puts_no_day_in_two_parts(lake_split):
+    parts = {"train": lake_split.train, "validation": lake_split.validation, "holdout": lake_split.holdout}
+    day_sets = {name: set(part[DS]) for name, part in parts.items()}
+    assert not (day_sets["train"] & day_sets["validation"])
+    assert not (day_sets["train"] & day_sets["holdout"])
+    assert not (day_sets["validation"] & day_sets["holdout"])
+    # By time: every training day before every validation day before every holdout day.
+    assert max(day_sets["train"]) < min(day_sets["validation"])
+    assert max(day_sets["validation"]) < min(day_sets["holdout"])
+    assert all(len(part) for part in parts.values())
+
+
+@pytest.mark.parametrize("n_days", [0, 1, 6])
+def test_time_split_refuses_too_few_days(n_days):
+    frame = days_frame(n_days)
+    with pytest.raises(ValueError, match=f"need at least 7 matured snapshot days, have {n_days}"):
+        T.time_split(frame)
+
+
+def test_time_split_refuses_too_few_days_for_custom_sizes():
+    with pytest.raises(ValueError, match="need at least 11 matured snapshot days, have 10"):
+        T.time_split(days_frame(10), holdout_days=5, validation_days=5)
+
+
+def test_time_split_refuses_an_empty_holdout():
+    with pytest.raises(ValueError):
+        T.time_split(days_frame(10), holdout_days=0)
+
+
+# -- model_matrix --------------------------------------------------------------------------
+
+
+def test_model_matrix_has_the_fixed_columns_in_a_fixed_order(lake_features):
+    rows = lake_features.head(20)
+    shuffled = rows[list(reversed(rows.columns))]
+    x = T.model_matrix(shuffled)
+    assert list(x.columns) == F.FEATURE_COLUMNS
+    assert not {"customer_id", T.LABEL, DS} & set(x.columns)
+    pd.testing.assert_frame_equal(x, T.model_matrix(rows))
+
+
+def test_model_matrix_uses_fixed_categories(lake_features):
+    rows = lake_features.head(6).copy()
+    rows["channel"] = ["partner", "partner", "organic", "partner", "partner", "partner"]
+    x = T.model_matrix(rows)
+    for col in F.CATEGORICAL:
+        assert list(x[col].cat.categories) == T.CATEGORIES[col], col
+    # The code of a value does not depend on which values the frame happens to contain.
+    assert x["channel"].cat.codes.tolist() == [4, 4, 0, 4, 4, 4]
+    only_partner = T.model_matrix(rows[rows["channel"] == "partner"])
+    assert set(only_partner["channel"].cat.codes) == {T.CATEGORIES["channel"].index("partner")}
+
+
+def test_model_matrix_turns_an_unseen_category_into_missing(lake_features, fitted):
+    rows = lake_features.head(5).copy()
+    rows["channel"] = ["tiktok", "organic", "tiktok", None, "referral"]
+    x = T.model_matrix(rows)
+    assert x["channel"].isna().tolist() == [True, False, True, True, False]
+    assert "tiktok" not in x["channel"].cat.categories
+    assert list(x["channel"].cat.categories) == T.CATEGORIES["channel"]
+    assert rows["channel"].tolist()[0] == "tiktok"  # the input frame is not changed
+    # The model scores an unseen channel exactly as a missing one.
+    missing = rows.assign(channel=None)
+    tiktok = rows.assign(channel="tiktok")
+    np.testing.assert_array_equal(fitted.predict(tiktok), fitted.predict(missing))
+
+
+# -- fit -----------------------------------------------------------------------------------
+
+
+def test_fit_learns_on_simulator_data(lake_split, fitted):
+    auc = holdout_auc(lake_split, fitted)
+    assert auc > 0.75, auc
+    assert 0 < fitted.best_iteration <= 400
+    assert fitted.params["seed"] == T.DEFAULT_PARAMS["seed"] and fitted.params["deterministic"] is True
+    importance = fitted.feature_importance()
+    assert sorted(importance.index) == sorted(F.FEATURE_COLUMNS) and importance.iloc[0] > 0
+
+
+def test_fit_is_deterministic(history_lake, lake_split, fitted):
+    # The same data read again from the lake into new frames: the same model.
+    again = T.time_split(T.matured(history_lake.lake.read_table(FEATURES_CUSTOMER_DAILY).to_pandas()))
+    refit = T.fit(again)
+    assert refit.best_iteration == fitted.best_iteration
+    np.testing.assert_array_equal(refit.predict(lake_split.holdout), fitted.predict(lake_split.holdout))
+    np.testing.assert_array_equal(refit.predict(lake_split.train), fitted.predict(lake_split.train))
+
+
+def test_from_booster_round_trips_through_the_model_string(lake_split, fitted):
+    loaded = lgb.Booster(model_str=fitted.booster.model_to_string())
+    model = T.FittedModel.from_booster(loaded)
+    for part in (lake_split.holdout, lake_split.validation, lake_split.train):
+        np.testing.assert_array_equal(model.predict(part), fitted.predict(part))
+    # The string keeps the trees up to the best iteration only (what MLflow stores too).
+    assert loaded.current_iteration() == fitted.best_iteration
+    assert model.feature_names == F.FEATURE_COLUMNS
+
+
+def test_from_booster_recovers_the_best_iteration(fitted):
+    model = T.FittedModel.from_booster(lgb.Booster(model_str=fitted.booster.model_to_string()))
+    assert model.best_iteration == fitted.best_iteration
+
+
+def test_a_model_trained_on_shuffled_labels_knows_nothing(simulated_split):
+    split = simulated_split
+    real = holdout_auc(split, T.fit(split))
+    shuffled_aucs = []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        train = split.train.assign(**{T.LABEL: rng.permutation(split.train[T.LABEL].to_numpy())})
+        validation = split.validation.assign(**{T.LABEL: rng.permutation(split.validation[T.LABEL].to_numpy())})
+        model = T.fit(T.Split(train=train, validation=validation, holdout=split.holdout))
+        shuffled_aucs.append(holdout_auc(split, model))
+    # One noise model can by chance rank by an informative feature (either way round);
+    # on average over permutations it knows nothing, and never comes close to the real one.
+    assert abs(np.mean(shuffled_aucs) - 0.5) < 0.1, shuffled_aucs
+    assert real > 0.8, real
+    assert max(shuffled_aucs) < real - 0.1, (real, shuffled_aucs)
