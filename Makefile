@@ -50,6 +50,8 @@ lock:
 
 bench: install
 	$(BIN)/python benchmarks/etl.py
+	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/score.py
 
 clean:
 	rm -rf .airflow .lake .mlflow .pytest_cache

@@ -16,7 +16,7 @@ Scores every customer in `features/customer_daily` for **partition day D**.
 * **Schedule:** daily at 00:00 UTC for the day that just ended (after nightly_etl).
 * **Manual run:** `partition_day`, and `use_current_champion` to re-score a past day
   with today's champion instead of the one of that day.
-* **Backfill:** `airflow backfill create --dag-id batch_score --from-date 2026-02-09 --to-date 2026-02-28 --max-active-runs 4`
+* **Backfill:** `airflow backfill create --dag-id batch_score --from-date 2026-05-25 --to-date 2026-05-31 --max-active-runs 4`
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ is demonstrably better.
 
 1. `wait_for_features` waits until `features/customer_daily` has the as-of day D.
 2. `retrain_and_gate` reads `features/customer_daily` at **one pinned Delta version**,
-   keeps snapshot days whose 30-day label has matured by D, splits them by time
+   keeps snapshot days whose 30-day label has matured by D (at most the last 60, none of
+   the lake's first 90 days: their 90-day windows are not full), splits them by time
    (train, validation, holdout = the most recent matured days), trains LightGBM
    deterministically, logs params, metrics, plots and a model card to MLflow and
    registers a version. Champion and challenger are scored on the **same holdout**;
@@ -15,13 +16,15 @@ is demonstrably better.
    `models/decisions` D and onto the model version's tags; a promotion moves the
    alias `champion` (the former one keeps `previous-champion`) and is appended to
    `models/promotions`. Runs in the `training` pool (one slot) so retraining never
-   starves scoring.
+   starves scoring. A retry resumes the version its earlier try registered.
+   Too few matured days (a young lake) skips the run.
 
 * **Schedule:** weekly, Mondays 00:00 UTC; D is the Sunday that ends the week's data interval
-  (the run waits for that day's features).
+  (the run waits for that day's features). `drift_report` also triggers it early
+  (run id `early_retrain__D`) when drift persists.
 * **Manual run params:** `partition_day` (as-of day), `dry_run` (decide, do not
   promote), `force_promote` with a required `reason` (recorded in the decision).
-* **Backfill:** `airflow backfill create --dag-id weekly_retrain --from-date 2026-02-02 --to-date 2026-02-28`
+* **Backfill:** `airflow backfill create --dag-id weekly_retrain --from-date 2026-05-04 --to-date 2026-05-25`
 * **Roll back:** `sluice model rollback --reason "..."`.
 """
 

@@ -1,4 +1,4 @@
-"""The ``sluice`` command: ``sluice status`` and ``sluice demo``."""
+"""The ``sluice`` command: ``status``, ``demo``, ``load-history``, ``model``, ``serve``, ``airflow-env``."""
 
 from __future__ import annotations
 
@@ -45,21 +45,25 @@ def _days(start: str, end: str) -> int:
     return (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days + 1
 
 
-def _mondays(start: str, end: str) -> list[str]:
-    """Logical dates of the weekly runs that can train: the week (Monday..Sunday) lies in
-    [start, end] and its Sunday has at least 7 matured snapshot days (30 days for labels).
-    Earlier weeks would only skip (the end-to-end tests cover that path)."""
-    from sluice.features import LABEL_HORIZON_DAYS
+def _mondays(history_start: str, start: str, end: str, warmup_days: int) -> list[str]:
+    """Logical dates of the weekly runs in [start, end] that can train: their Sunday has
+    at least 7 matured snapshot days after the warm-up. Earlier weeks would only skip
+    (the end-to-end tests cover that path)."""
+    from sluice.train import training_days
 
     first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
-    earliest_sunday = first + dt.timedelta(days=LABEL_HORIZON_DAYS + 6)
+    lake_days = [d.isoformat() for d in _day_range(dt.date.fromisoformat(history_start), last)]
     day = first + dt.timedelta(days=(7 - first.weekday()) % 7)
     out = []
     while day + dt.timedelta(days=6) <= last:
-        if day + dt.timedelta(days=6) >= earliest_sunday:
+        if len(training_days(lake_days, day + dt.timedelta(days=6), warmup_days=warmup_days)) >= 7:
             out.append(day.isoformat())
         day += dt.timedelta(days=7)
     return out
+
+
+def _day_range(start: dt.date, end: dt.date) -> list[dt.date]:
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
 def _wait(airflow, dag_id: str, expected: int, timeout: float, step, home: Path) -> bool:
@@ -72,7 +76,11 @@ def _wait(airflow, dag_id: str, expected: int, timeout: float, step, home: Path)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import os
+
+    from sluice import pipeline
     from sluice.local_airflow import LocalAirflow, free_port
+    from sluice.settings import load_settings
 
     project = Path(args.project).resolve()
     home = project / ".airflow"
@@ -82,17 +90,30 @@ def _demo(args: argparse.Namespace) -> int:
         "SLUICE_MLFLOW_TRACKING_URI": f"sqlite:///{project / '.mlflow' / 'mlflow.db'}",
         "SLUICE_SIM_CUSTOMERS": str(args.customers),
         "SLUICE_SIM_DEFECT_RATE": str(args.defect_rate),
+        "SLUICE_SIM_DRIFT": args.drift,
     }
     started = time.monotonic()
-    # The demo is a fresh run every time: its Airflow home, lake and MLflow store are demo state.
-    for path in (home, lake, project / ".mlflow"):
-        if path.exists():
-            shutil.rmtree(path)
-    airflow = LocalAirflow(home=home, project=project, port=args.port or free_port(), extra_env=env)
 
     def step(msg: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
 
+    # The demo is a fresh run every time: its Airflow home, lake and MLflow store are demo state.
+    for path in (home, lake, project / ".mlflow"):
+        if path.exists():
+            shutil.rmtree(path)
+    os.environ.update(env)
+    settings = load_settings()
+    start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
+    history_start = dt.date.fromisoformat(args.history_start)
+    if history_start < start:
+        # Features need 90 days behind them and labels 30 days ahead: a new deployment
+        # loads those months once, in one process, before its first scheduled day.
+        history_end = start - dt.timedelta(days=1)
+        step(f"sluice load-history --from {history_start} --to {history_end} (in this process)")
+        loaded = pipeline.load_history(settings, history_start, history_end)
+        step(f"history loaded: {len(loaded)} days, {sum(d['ingest']['rows'] for d in loaded):,} raw events")
+
+    airflow = LocalAirflow(home=home, project=project, port=args.port or free_port(), extra_env=env)
     step(f"Airflow home {home}, lake {lake.as_uri()}")
     airflow.migrate()
     airflow.serialize_dags()
@@ -111,29 +132,75 @@ def _demo(args: argparse.Namespace) -> int:
             if not _wait(airflow, dag_id, n, args.timeout, step, home):
                 return 1
         # Weekly retraining for every week with matured labels, then a week of scoring,
-        # each day with the model that was champion on it.
-        mondays = _mondays(args.start, args.end)
+        # each day with the model that was champion on it, and its drift reports.
+        mondays = _mondays(args.history_start, args.start, args.end, settings.train_warmup_days)
         if mondays:
             airflow.backfill("weekly_retrain", mondays[0], mondays[-1], max_active_runs=1)
             step(f"airflow backfill create --dag-id weekly_retrain --from-date {mondays[0]} --to-date {mondays[-1]}")
             if not _wait(airflow, "weekly_retrain", len(mondays), args.timeout, step, home):
                 return 1
-            start = dt.date.fromisoformat(args.start)
-            score_from = max(start, dt.date.fromisoformat(args.end) - dt.timedelta(days=6)).isoformat()
+            score_from = max(start, end - dt.timedelta(days=6)).isoformat()
             airflow.backfill("batch_score", score_from, args.end, max_active_runs=4)
             step(f"airflow backfill create --dag-id batch_score --from-date {score_from} --to-date {args.end}")
             if not _wait(airflow, "batch_score", _days(score_from, args.end), args.timeout, step, home):
                 return 1
+            airflow.backfill("drift_report", score_from, args.end, max_active_runs=1)
+            step(f"airflow backfill create --dag-id drift_report --from-date {score_from} --to-date {args.end}")
+            if not _wait(airflow, "drift_report", _days(score_from, args.end), args.timeout, step, home):
+                return 1
+            # An early retraining triggered by drift runs after the reports: let it finish.
+            weekly = len(airflow.runs("weekly_retrain"))
+            if weekly > len(mondays) and not _wait(airflow, "weekly_retrain", weekly, args.timeout, step, home):
+                return 1
+        else:
+            step(f"no week in {args.start}..{args.end} has matured labels after the warm-up: no retraining")
     finally:
         airflow.stop()
         step("Airflow stopped")
     print()
-    import os
-
-    os.environ.update(env)
     _status(argparse.Namespace(json=False))
     print()
-    return _model(argparse.Namespace(model_command="status", json=False))
+    code = _model(argparse.Namespace(model_command="status", json=False))
+    print()
+    _drift_summary(settings)
+    return code
+
+
+def _drift_summary(settings) -> None:
+    from sluice.drift import report_uri
+    from sluice.lake import Lake
+    from sluice.tables import DRIFT_HISTORY
+
+    lake = Lake(settings)
+    if not lake.exists(DRIFT_HISTORY):
+        print("drift: no report yet")
+        return
+    rows = sorted(lake.read_table(DRIFT_HISTORY).to_pylist(), key=lambda r: r["ds"])
+    print("drift reports (share of feature columns that drifted from the champion's training data):")
+    for row in rows:
+        flag = "  ALERT" if row.get("alert") else ""
+        drifted = json.loads(row.get("drifted_columns") or "[]")
+        shown = ", ".join(drifted[:6]) + (f" (+{len(drifted) - 6})" if len(drifted) > 6 else "")
+        print(f"  {row['ds']}: {row['drift_share']:5.0%} of features drifted vs model v{row['model_version']}{flag}  {shown}")
+    print(f"latest report: {report_uri(settings, rows[-1]['ds'])}")
+
+
+def _load_history(args: argparse.Namespace) -> int:
+    from sluice import pipeline
+    from sluice.settings import load_settings
+
+    def progress(summary: dict) -> None:
+        print(
+            f"{summary['ds']}: {summary['ingest']['rows']:,} raw, {summary['curate']['quarantined']:,} "
+            f"quarantined, {summary['features']['customers']:,} customers",
+            flush=True,
+        )
+
+    settings = load_settings()
+    pipeline.load_history(
+        settings, dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end), progress=progress
+    )
+    return 0
 
 
 def _model(args: argparse.Namespace) -> int:
@@ -237,14 +304,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    history = sub.add_parser(
+        "load-history", help="ingest, curate and build features for a range of days in this process (a first load)"
+    )
+    history.add_argument("--from", dest="start", required=True, help="first day, YYYY-MM-DD")
+    history.add_argument("--to", dest="end", required=True, help="last day, YYYY-MM-DD")
+    history.set_defaults(func=_load_history)
+
     status = sub.add_parser("status", help="what is in the lake: tables, versions, latest partition, rows")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=_status)
 
     demo = sub.add_parser("demo", help="run the pipelines through an embedded Airflow over a simulated history")
     demo.add_argument("--project", default=".", help="project root (holds dags/, .airflow, .lake)")
-    demo.add_argument("--start", default="2026-01-01")
-    demo.add_argument("--end", default="2026-02-28")
+    demo.add_argument(
+        "--history-start", default="2026-01-01", help="first day of the history loaded in-process before --start"
+    )
+    demo.add_argument("--start", default="2026-05-01", help="first day run through Airflow")
+    demo.add_argument("--end", default="2026-05-31")
+    demo.add_argument(
+        "--drift", default="", help="simulated drift, e.g. spend_shift@2026-05-27 (see SLUICE_SIM_DRIFT)"
+    )
     demo.add_argument("--customers", type=int, default=20_000)
     demo.add_argument("--defect-rate", type=float, default=0.01, help="share of spoiled source rows (below the limit)")
     demo.add_argument("--port", type=int, default=0, help="API server port (default: a free one)")

@@ -185,3 +185,37 @@ def build_features_day(settings: Settings, day: dt.date, ctx: RunContext) -> dic
         "labelled_rows": labelled,
         "snapshot_churn_rate": churn_rate,
     }
+
+
+def load_history(
+    settings: Settings,
+    start: dt.date,
+    end: dt.date,
+    ctx: RunContext | None = None,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """The historical load: ingest, curate and build the features of ``start`` .. ``end``, in order, here.
+
+    The same three steps nightly_etl runs for a day, without a scheduler: what a new
+    deployment does once for the months before its first scheduled day (features need
+    90 days of history, models 30 more for their labels). Each day is idempotent like
+    the tasks, so an interrupted load is resumed by running it again.
+    """
+    if end < start:
+        raise ValueError(f"end {end} is before start {start}")
+    ctx = ctx or RunContext("sluice-history", f"history__{start.isoformat()}__{end.isoformat()}")
+    source = make_source(settings)  # one source for all days (the simulator builds its customers once)
+    done = []
+    day = start
+    while day <= end:
+        summary = {
+            "ds": day.isoformat(),
+            "ingest": ingest_day(settings, day, ctx, source),
+            "curate": curate_day(settings, day, ctx),
+            "features": build_features_day(settings, day, ctx),
+        }
+        done.append(summary)
+        if progress is not None:
+            progress(summary)
+        day += dt.timedelta(days=1)
+    return done

@@ -28,16 +28,25 @@ from sluice.tables import FEATURES_CUSTOMER_DAILY, MODEL_DECISIONS, PARTITION_CO
 log = logging.getLogger(__name__)
 
 
-def load_training_frame(lake: Lake, as_of: dt.date) -> tuple[pd.DataFrame, int]:
-    """Matured snapshots known by ``as_of``, from one pinned version of the feature table."""
+def load_training_frame(lake: Lake, as_of: dt.date, settings: Settings) -> tuple[pd.DataFrame, int]:
+    """Matured, warmed-up snapshots known by ``as_of``, from one pinned version of the feature table."""
     version = lake.version(FEATURES_CUSTOMER_DAILY)
     if version is None:
         raise T.NotEnoughData("features/customer_daily does not exist yet: run nightly_etl first")
-    cutoff = (as_of - dt.timedelta(days=LABEL_HORIZON_DAYS)).isoformat()
-    days = [d for d in lake.partitions(FEATURES_CUSTOMER_DAILY, version=version) if d <= cutoff]
+    days = T.training_days(
+        lake.partitions(FEATURES_CUSTOMER_DAILY, version=version), as_of,
+        warmup_days=settings.train_warmup_days, max_days=settings.train_max_days,
+    )
     if not days:
-        raise T.NotEnoughData(f"no snapshot with a matured label by {as_of} (labels mature 30 days after a snapshot)")
+        raise T.NotEnoughData(
+            f"no snapshot with a matured label by {as_of} (labels mature {LABEL_HORIZON_DAYS} days after a "
+            f"snapshot) outside the lake's first {settings.train_warmup_days} days (SLUICE_TRAIN_WARMUP_DAYS)"
+        )
     frame = lake.read_partitions(FEATURES_CUSTOMER_DAILY, days, version=version).to_pandas()
+    # A Delta scan returns files in commit order, which depends on which backfill run
+    # finished first; LightGBM's bagging depends on row order. Sorted, the same data
+    # gives the same model however the partitions were written.
+    frame = frame.sort_values([PARTITION_COLUMN, "customer_id"], kind="stable", ignore_index=True)
     return T.matured(frame, as_of), version
 
 
@@ -206,7 +215,7 @@ def retrain(
         raise ValueError("force_promote needs a reason")
     lake = Lake(settings)
     ds = day.isoformat()
-    frame, feature_version = load_training_frame(lake, day)
+    frame, feature_version = load_training_frame(lake, day, settings)
     registry = Registry(settings)
     candidate = earlier_attempt(registry, ctx, ds, feature_version)
     if candidate is None:

@@ -64,6 +64,16 @@ class Settings(BaseSettings):
         description="Comma-separated scenario@YYYY-MM-DD, e.g. 'spend_shift@2026-03-01,null_device@2026-03-10'.",
     )
 
+    # --- training ------------------------------------------------------------
+    train_warmup_days: int = Field(
+        default=90,
+        ge=0,
+        description="Snapshots of the lake's first N days are never trained on: their 90-day windows are not full.",
+    )
+    train_max_days: int = Field(
+        default=60, ge=7, description="Train on at most the last N matured snapshot days (a rolling window)."
+    )
+
     # --- contract ------------------------------------------------------------
     contract_max_invalid_share: float = Field(default=0.05, ge=0.0, le=1.0)
 

@@ -231,6 +231,21 @@ PERFORMANCE_HISTORY = Table(
     "Realised performance of the model that scored day ds, once its labels matured (evaluated_on = ds + 30).",
 )
 
+# Early retrainings triggered by drift, so that the cooldown survives restarts and backfills.
+EARLY_RETRAINS = Table(
+    "monitoring/early_retrains",
+    _schema(
+        ("model_version", "string"),
+        ("drift_days", "string"),  # JSON list of the days over the threshold
+        ("reason", "string"),
+        ("triggered_dag_id", "string"),
+        ("triggered_run_id", "string"),
+        ("run_id", "string"),
+        ("recorded_at", "timestamp_utc"),
+    ),
+    "Early retrainings of the champion triggered by drift_report on day ds.",
+)
+
 ALL_TABLES: tuple[Table, ...] = (
     RAW_EVENTS,
     QUARANTINE_EVENTS,
@@ -242,6 +257,7 @@ ALL_TABLES: tuple[Table, ...] = (
     MODEL_PROMOTIONS,
     DRIFT_HISTORY,
     PERFORMANCE_HISTORY,
+    EARLY_RETRAINS,
 )
 
 

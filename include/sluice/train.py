@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sluice.features import CATEGORICAL, FEATURE_COLUMNS, LABEL_HORIZON_DAYS
+from sluice.features import CATEGORICAL, FEATURE_COLUMNS, LABEL_HORIZON_DAYS, WINDOWS
 from sluice.sources.simulator import CHANNELS, DEVICES, PLANS, REGIONS
 from sluice.tables import PARTITION_COLUMN
 
@@ -69,6 +69,26 @@ def matured(features: pd.DataFrame, as_of: dt.date | None = None) -> pd.DataFram
         cutoff = (as_of - dt.timedelta(days=LABEL_HORIZON_DAYS)).isoformat()
         out = out[out[PARTITION_COLUMN] <= cutoff]
     return out
+
+
+def training_days(
+    days: list[str], as_of: dt.date, *, warmup_days: int = max(WINDOWS), max_days: int = 60
+) -> list[str]:
+    """The snapshot days a model trained on ``as_of`` may learn from.
+
+    Only matured labels (snapshot <= as_of - 30 days), never a day of the lake's first
+    ``warmup_days`` (its 90-day windows still grow from zero: a model trained there
+    learns a world where every customer is new, and every later day "drifts" from
+    it), and at most the ``max_days`` most recent such days.
+    """
+    if not days:
+        return []
+    ordered = sorted(days)
+    first = dt.date.fromisoformat(ordered[0])
+    warm_from = (first + dt.timedelta(days=warmup_days)).isoformat()
+    cutoff = (as_of - dt.timedelta(days=LABEL_HORIZON_DAYS)).isoformat()
+    usable = [d for d in ordered if warm_from <= d <= cutoff]
+    return usable[-max_days:]
 
 
 def time_split(frame: pd.DataFrame, holdout_days: int = 3, validation_days: int = 3) -> Split:

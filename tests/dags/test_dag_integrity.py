@@ -14,8 +14,8 @@ import pytest
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
-EXPECTED_DAGS = {"ingest_raw", "nightly_etl", "weekly_retrain", "batch_score"}
-DAILY = ("ingest_raw", "nightly_etl", "batch_score")
+EXPECTED_DAGS = {"ingest_raw", "nightly_etl", "weekly_retrain", "batch_score", "drift_report"}
+DAILY = ("ingest_raw", "nightly_etl", "batch_score", "drift_report")
 HEAVY = ("pandas", "pandera", "deltalake", "lightgbm", "mlflow", "sklearn", "evidently", "boto3", "psycopg2")
 
 

@@ -10,26 +10,42 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlparse
 
 import psycopg2
 import pytest
 import redis
 from psycopg2 import sql
 
-from sluice import promotions
+from sluice import pipeline, promotions
 from sluice.lake import Lake
 from sluice.local_airflow import LocalAirflow, free_port
 from sluice.registry import CHAMPION, Registry
 from sluice.settings import load_settings
-from sluice.tables import FEATURES_CUSTOMER_DAILY, MODEL_DECISIONS, PREDICTIONS_CHURN
+from sluice.tables import (
+    DRIFT_HISTORY,
+    EARLY_RETRAINS,
+    FEATURES_CUSTOMER_DAILY,
+    MODEL_DECISIONS,
+    PREDICTIONS_CHURN,
+)
 
 pytestmark = pytest.mark.e2e
 
-START, END = "2026-01-01", "2026-02-15"
-MONDAYS = ("2026-01-26", "2026-02-09")  # weeks ending 02-01 (too early: skips), 02-08, 02-15
-SCORE_FROM = "2026-02-09"
-SCORE_DAYS = [str(dt.date(2026, 2, 9) + dt.timedelta(days=i)) for i in range(7)]
+# The months before START are loaded in-process (`sluice load-history`): features need
+# 90 days of history before a model may learn from them (SLUICE_TRAIN_WARMUP_DAYS) and
+# labels 30 more days to mature. Airflow runs the rest.
+HISTORY_START, HISTORY_END = dt.date(2026, 1, 1), dt.date(2026, 4, 30)
+START, END = "2026-05-01", "2026-05-17"
+MONDAYS = ("2026-04-27", "2026-05-11")  # weeks ending 05-03 (too early: skips), 05-10, 05-17
+SCORE_FROM = "2026-05-11"
+SCORE_DAYS = [str(dt.date(2026, 5, 11) + dt.timedelta(days=i)) for i in range(7)]
+# From this day on, customers come back half as often (the simulator's engagement_drop).
+SWITCH = "2026-05-13"
 REDIS_DB = 7
 
 
@@ -52,21 +68,49 @@ def scores_db():
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, scores_db: str):
+def webhook():
+    """A real HTTP endpoint standing in for the chat webhook: it keeps every alert POSTed."""
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append({"path": self.path, **json.loads(body)})
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/sluice", received
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, scores_db: str, webhook):
     root = tmp_path_factory.mktemp("ml")
     redis.Redis(db=REDIS_DB).flushdb()
     env = {
         "SLUICE_LAKE_URI": (root / "lake").as_uri(),
         "SLUICE_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "SLUICE_SIM_CUSTOMERS": "2000",
+        "SLUICE_SIM_DRIFT": f"engagement_drop@{SWITCH}",
         "AIRFLOW_CONN_SLUICE_SCORES_POSTGRES": f"postgresql://postgres@127.0.0.1:5432/{scores_db}",
         "AIRFLOW_CONN_SLUICE_SCORES_REDIS": f"redis://127.0.0.1:6379/{REDIS_DB}",
+        "AIRFLOW_CONN_SLUICE_ALERT_WEBHOOK": webhook[0],
     }
     airflow = LocalAirflow(home=root / "airflow", port=free_port(), extra_env=env)
     airflow.migrate()
     airflow.serialize_dags()
     airflow.apply_settings()
-    settings = load_settings(lake_uri=env["SLUICE_LAKE_URI"], mlflow_tracking_uri=env["SLUICE_MLFLOW_TRACKING_URI"])
+    settings = load_settings(
+        lake_uri=env["SLUICE_LAKE_URI"], mlflow_tracking_uri=env["SLUICE_MLFLOW_TRACKING_URI"],
+        sim_customers=2000, sim_drift=env["SLUICE_SIM_DRIFT"],
+    )
+    pipeline.load_history(settings, HISTORY_START, HISTORY_END)
     airflow.backfill("ingest_raw", START, END)
     airflow.backfill("nightly_etl", START, END)
     airflow.start()
@@ -90,12 +134,13 @@ def test_weekly_retraining_gates_and_promotes(stack) -> None:
 
     lake = Lake(settings)
     decided = lake.partitions(MODEL_DECISIONS)
-    assert decided == ["2026-02-08", "2026-02-15"], "weeks without matured labels skip"
-    first = lake.read_partition(MODEL_DECISIONS, "2026-02-08").to_pylist()[-1]
+    assert decided == ["2026-05-10", "2026-05-17"], "weeks without matured, warmed-up labels skip"
+    first = lake.read_partition(MODEL_DECISIONS, "2026-05-10").to_pylist()[-1]
     record = json.loads(first["decision_json"])
-    assert first["promoted"] and record["champion"] is None
+    assert record["champion"] is None
+    assert first["promoted"], f"the first model clears the floors: {first['reason']} / {record['checks']}"
     assert [c["name"] for c in record["checks"]] == ["floors"]
-    second = json.loads(lake.read_partition(MODEL_DECISIONS, "2026-02-15").to_pylist()[0]["decision_json"])
+    second = json.loads(lake.read_partition(MODEL_DECISIONS, "2026-05-17").to_pylist()[0]["decision_json"])
     assert {c["name"] for c in second["checks"]} == {"floors", "improvement", "slices", "calibration"}
     assert all(c["reason"] for c in second["checks"])
 
@@ -104,9 +149,11 @@ def test_weekly_retraining_gates_and_promotes(stack) -> None:
     assert champion is not None
     assert champion.tags["gate.promote"] == "True"
     history = promotions.history(lake)
-    assert history[0]["ds"] == "2026-02-08" and history[-1]["model_version"] == champion.version
+    assert history[0]["ds"] == "2026-05-10" and history[-1]["model_version"] == champion.version
     for version in registry.versions():
         assert version.tags.get("feature_table_version"), "every version records its training data"
+        train_from = json.loads(version.tags["training_windows"])["train"][0]
+        assert train_from >= "2026-04-01", "no snapshot of the lake's first 90 days is trained on"
 
 
 def test_each_day_is_scored_with_its_champion_and_published(stack, scores_db: str) -> None:
@@ -164,3 +211,42 @@ def test_a_dry_run_decides_but_moves_no_alias(stack) -> None:
     assert decision["dry_run"] and decision["forced"] and not decision["promoted"]
     assert "e2e dry run" in decision["reason"]
     assert registry.by_alias(CHAMPION).version == champion
+
+
+def test_drift_is_reported_after_the_switch_not_before_and_triggers_one_early_retrain(stack, webhook) -> None:
+    airflow, settings = stack
+    weekly_before = {r["run_id"] for r in airflow.runs("weekly_retrain")}
+    airflow.backfill("drift_report", SCORE_FROM, END, max_active_runs=1)
+    runs = airflow.wait_for_runs("drift_report", len(SCORE_DAYS), timeout=1200)
+    assert all(r["state"] == "success" for r in runs), runs
+
+    lake = Lake(settings)
+    history = {r["ds"]: r for r in lake.read_table(DRIFT_HISTORY).to_pylist()}
+    assert sorted(history) == SCORE_DAYS
+    summary = {d: (round(r["drift_share"], 2), r["alert"]) for d, r in history.items()}
+    for day in SCORE_DAYS:
+        row = history[day]
+        assert row["model_version"] == promotions.champion_on(lake, dt.date.fromisoformat(day))
+        report = Path(urlparse(row["report_uri"]).path)
+        assert "<html" in report.read_text()[:2000].lower(), f"the report of {day} is an HTML page"
+    before = [d for d in SCORE_DAYS if d < SWITCH]
+    settled = [d for d in SCORE_DAYS if d >= str(dt.date.fromisoformat(SWITCH) + dt.timedelta(days=2))]
+    assert not any(history[d]["alert"] for d in before), summary
+    assert all(history[d]["alert"] for d in settled), summary
+    assert "sessions_7d" in json.loads(history[settled[0]]["drifted_columns"]), "the activity columns drift"
+
+    # Each day over the threshold was POSTed to the webhook of the connection, once.
+    alerts = [d for d in SCORE_DAYS if history[d]["alert"]]
+    received = webhook[1]
+    assert sorted(a["ds"] for a in received) == alerts
+    assert all(a["path"] == "/hooks/sluice" and a["drift"]["drift_share"] > 0.3 for a in received)
+
+    # Over the threshold on 3 of the last 5 days: drift_report triggers weekly_retrain
+    # once, and not again within the 7-day cooldown.
+    trigger_day = alerts[2]
+    weekly = airflow.wait_for_runs("weekly_retrain", len(weekly_before) + 1, timeout=900)
+    early = {r["run_id"]: r["state"] for r in weekly if r["run_id"] not in weekly_before}
+    assert early == {f"early_retrain__{trigger_day}": "success"}
+    assert lake.partitions(EARLY_RETRAINS) == [trigger_day]
+    decisions = lake.read_partition(MODEL_DECISIONS, trigger_day).to_pylist()
+    assert [d["run_id"] for d in decisions] == [f"early_retrain__{trigger_day}"], "the early retrain was gated"

@@ -400,6 +400,7 @@ def retrain_chain(s3_endpoint, tmp_path_factory, mlflow_template) -> Iterator[Re
             mlflow_artifact_uri=f"s3://{bucket}/mlflow",
             sim_customers=HISTORY_CUSTOMERS,
             sim_seed=HISTORY_SEED,
+            train_warmup_days=0,  # the mechanics of retraining, on a short history
         )
         days = [HISTORY_START + dt.timedelta(days=i) for i in range(HISTORY_DAYS)]
         history_ctx = RunContext("history", "backfill")

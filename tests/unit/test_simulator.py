@@ -314,3 +314,15 @@ def test_customer_ids_are_numeric_text_and_unique_per_customer(sim):
         np.sort(sim.customers["customer_id"].to_numpy()),
         np.arange(100_001, 100_001 + sim.n_customers),
     )
+
+
+def test_engagement_drop_halves_activity_after_its_date_only():
+    plain = SimulatorSource(n_customers=3000, seed=7)
+    dropped = SimulatorSource(n_customers=3000, seed=7, drift={"engagement_drop": DAY})
+    before = DAY - dt.timedelta(days=1)
+    assert dropped.events_for_day(before).equals(plain.events_for_day(before))
+    after_plain, after_dropped = plain.events_for_day(DAY), dropped.events_for_day(DAY)
+    active = after_dropped["customer_id"].nunique() / after_plain["customer_id"].nunique()
+    assert 0.4 < active < 0.6
+    minutes = after_dropped["duration_s"].mean() / after_plain["duration_s"].mean()
+    assert 0.4 < minutes < 0.6

@@ -255,3 +255,49 @@ def test_a_model_trained_on_shuffled_labels_knows_nothing(simulated_split):
     assert abs(np.mean(shuffled_aucs) - 0.5) < 0.1, shuffled_aucs
     assert real > 0.8, real
     assert max(shuffled_aucs) < real - 0.1, (real, shuffled_aucs)
+
+
+def _days(start: str, n: int) -> list[str]:
+    first = dt.date.fromisoformat(start)
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range(n)]
+
+
+def test_training_days_skip_the_warm_up_and_unmatured_labels() -> None:
+    days = _days("2026-01-01", 200)  # the lake's whole history, 2026-01-01 .. 2026-07-19
+    picked = T.training_days(days, dt.date(2026, 6, 1), warmup_days=90, max_days=1000)
+    assert picked[0] == "2026-04-01", "the first 90 days' windows are not full yet"
+    assert picked[-1] == "2026-05-02", "labels of later snapshots are not known on 06-01"
+
+
+def test_training_days_are_a_rolling_window_of_the_latest_days() -> None:
+    days = _days("2026-01-01", 200)
+    picked = T.training_days(days, dt.date(2026, 7, 20), warmup_days=90, max_days=60)
+    assert len(picked) == 60 and picked[-1] == "2026-06-20"
+    assert picked == sorted(picked)
+
+
+def test_training_days_before_the_warm_up_ends_are_none() -> None:
+    assert T.training_days(_days("2026-01-01", 100), dt.date(2026, 4, 10), warmup_days=90) == []
+    assert T.training_days([], dt.date(2026, 4, 10)) == []
+
+
+def test_the_training_frame_does_not_depend_on_the_order_partitions_were_written(history_lake, tmp_path):
+    # Backfill runs finish in any order; LightGBM's bagging depends on row order.
+    from sluice.lake import Lake
+    from sluice.lineage import RunContext
+    from sluice.retrain import load_training_frame
+    from sluice.settings import load_settings
+
+    source = history_lake.lake
+    days = source.partitions(FEATURES_CUSTOMER_DAILY)
+    as_of = dt.date.fromisoformat(days[-1])
+    frames = []
+    for i, order in enumerate((days, days[::-1])):
+        settings = load_settings(lake_uri=str(tmp_path / f"lake{i}"), train_warmup_days=0)
+        lake = Lake(settings)
+        for ds in order:
+            data = source.read_partition(FEATURES_CUSTOMER_DAILY, ds)
+            lake.write_partition(FEATURES_CUSTOMER_DAILY, ds, data, RunContext("t", "t").lineage(ds, {}))
+        frames.append(load_training_frame(lake, as_of, settings)[0])
+    assert len(frames[0]) > 0
+    pd.testing.assert_frame_equal(frames[0], frames[1])

@@ -34,7 +34,7 @@ CHANNELS = ("organic", "paid_search", "social", "referral", "partner")
 DEVICES = ("ios", "android", "web")
 EVENT_TYPES = ("session", "order", "support_ticket")
 NEW_CHANNEL = "tiktok"
-DRIFT_SCENARIOS = ("spend_shift", "new_channel", "null_device")
+DRIFT_SCENARIOS = ("spend_shift", "new_channel", "null_device", "engagement_drop")
 DEFECT_KINDS = ("duplicate", "null_key", "malformed", "out_of_range", "bad_category")
 
 
@@ -119,13 +119,15 @@ class SimulatorSource:
         decay = np.exp(-np.clip(since_onset, 0, None) / 4.0)
         alive = (c["signup"].to_numpy() <= t) & (since_onset < c["decay_len"].to_numpy())
         weekday = 0.85 if day.weekday() >= 5 else 1.0
-        p_active = c["engagement"].to_numpy() * decay * weekday
+        # engagement_drop: a competitor launches; everyone comes back less often, for shorter.
+        dropped = 0.5 if self._drift_on("engagement_drop", day) else 1.0
+        p_active = c["engagement"].to_numpy() * decay * weekday * dropped
         active = alive & (rng.random(len(c)) < p_active)
         idx = np.flatnonzero(active)
         k = len(idx)
         eng = c["engagement"].to_numpy()[idx]
         decaying = since_onset[idx] >= 0
-        n_sessions = 1 + rng.poisson(1.2 * eng * np.where(decaying, 0.5, 1.0))
+        n_sessions = 1 + rng.poisson(1.2 * eng * np.where(decaying, 0.5, 1.0) * dropped)
         n_orders = rng.binomial(1, np.clip(0.12 + 0.1 * c["plan"].to_numpy()[idx], 0, 1))
         n_tickets = rng.binomial(1, np.where(decaying, 0.12, 0.02))
         counts = np.stack([n_sessions, n_orders, n_tickets], axis=1)  # (k, 3)
@@ -137,7 +139,7 @@ class SimulatorSource:
         seconds = np.sort(rng.integers(0, 86_400, size=total))  # order within the day is arbitrary
         rng.shuffle(seconds)
 
-        duration = np.where(etype == 0, np.round(rng.lognormal(6.0, 0.7, size=total)), np.nan)
+        duration = np.where(etype == 0, np.round(rng.lognormal(6.0, 0.7, size=total) * dropped), np.nan)
         spend_factor = 1.6 if self._drift_on("spend_shift", day) else 1.0
         amount = np.where(
             etype == 1,

@@ -1,0 +1,125 @@
+"""Alerts of the drift report: a JSON payload POSTed to a webhook (Slack, Teams, a pager...).
+
+No Airflow and no HTTP library here: the DAG looks the webhook up in its connection
+and calls :func:`send_alert`; :func:`alert_payload` says whether there is anything to send.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlparse
+
+log = logging.getLogger(__name__)
+
+ALERT_CONNECTION_ID = "sluice_alert_webhook"
+
+
+class AlertError(RuntimeError):
+    """The webhook could not be reached or refused the alert."""
+
+
+def alert_reasons(drift: Mapping[str, Any] | None, performance: Mapping[str, Any] | None) -> list[str]:
+    """Pure: one sentence per alert raised by the day's drift summary and performance record."""
+    reasons = []
+    if drift and drift.get("alert"):
+        columns = list(drift.get("drifted_columns") or [])
+        reasons.append(
+            f"data drift on {drift.get('ds')}: {float(drift['drift_share']):.0%} of {drift.get('n_columns')} feature "
+            f"columns drifted (threshold {float(drift.get('threshold', 0)):.0%}): {', '.join(columns)}"
+        )
+    if performance and performance.get("evaluated") and performance.get("alert"):
+        reasons.append(
+            f"realised ROC-AUC {float(performance['roc_auc']):.3f} of model v{performance.get('model_version')} "
+            f"on {performance.get('ds')} (evaluated on {performance.get('evaluated_on')}) is below the floor "
+            f"{float(performance.get('roc_auc_floor', 0)):.3f}"
+        )
+    return reasons
+
+
+def alert_payload(
+    ds: str,
+    drift: Mapping[str, Any] | None,
+    performance: Mapping[str, Any] | None,
+    *,
+    dag_id: str = "drift_report",
+    run_id: str | None = None,
+) -> dict[str, Any] | None:
+    """Pure: the JSON body of the day's alert, or None when nothing is wrong.
+
+    ``text`` is what chat webhooks display; the rest is for machines.
+    """
+    reasons = alert_reasons(drift, performance)
+    if not reasons:
+        return None
+    keep_drift = ("drift_share", "n_columns", "drifted_columns", "prediction_drifted", "model_version", "report_uri",
+                  "threshold", "alert")
+    keep_perf = ("ds", "model_version", "roc_auc", "pr_auc", "rows", "evaluated_on", "roc_auc_floor", "alert")
+    return {
+        "text": f"[sluice] {dag_id} {ds}: " + "; ".join(reasons),
+        "source": "sluice",
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "ds": ds,
+        "reasons": reasons,
+        "drift": {k: drift.get(k) for k in keep_drift} if drift else None,
+        "performance": {k: performance.get(k) for k in keep_perf} if performance and performance.get("evaluated")
+        else None,
+    }
+
+
+def webhook_url(
+    *,
+    conn_type: str | None,
+    host: str | None,
+    port: int | None = None,
+    schema: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """The webhook URL held by a connection: ``extra["url"]`` if set, else built from its fields.
+
+    ``AIRFLOW_CONN_SLUICE_ALERT_WEBHOOK='https://hooks.example.com/services/T0/B0/x'``
+    parses to conn_type ``https``, host ``hooks.example.com``, schema ``services/T0/B0/x``;
+    an HTTP-style connection may also carry the scheme in its host (``https://hooks...``).
+    """
+    extra = extra or {}
+    if extra.get("url"):
+        url = str(extra["url"])
+    elif not host:
+        raise ValueError("the webhook connection has neither a host nor extra.url")
+    else:
+        if "://" in host:
+            base = host.rstrip("/")
+        else:
+            scheme = conn_type if conn_type in ("http", "https") else str(extra.get("scheme") or "https")
+            base = f"{scheme}://{host}"
+        if port and not urlparse(base).port:
+            base = f"{base}:{int(port)}"
+        url = f"{base}/{quote(schema.lstrip('/'), safe='/?=&%:+~-._')}" if schema else base
+    if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
+        raise ValueError(f"the webhook URL must be http(s)://host/...; got {urlparse(url).scheme}://...")
+    return url
+
+
+def send_alert(url: str, payload: Mapping[str, Any], *, timeout: float = 10.0) -> int:
+    """POST ``payload`` as JSON to ``url``; returns the HTTP status, raises :class:`AlertError` otherwise."""
+    if urlparse(url).scheme not in ("http", "https"):
+        raise ValueError("alerts go to http(s) URLs only")
+    body = json.dumps(payload, default=str).encode()
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "sluice-alerts"}
+    )
+    host = urlparse(url).netloc  # never log the path: chat webhooks keep their secret there
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (scheme checked above)
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        raise AlertError(f"webhook at {host} answered {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise AlertError(f"webhook at {host} unreachable: {exc}") from exc
+    log.info("alert sent to %s: HTTP %d, %d bytes", host, status, len(body))
+    return status
