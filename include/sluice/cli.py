@@ -110,7 +110,13 @@ def _demo(args: argparse.Namespace) -> int:
         # loads those months once, in one process, before its first scheduled day.
         history_end = start - dt.timedelta(days=1)
         step(f"sluice load-history --from {history_start} --to {history_end} (in this process)")
-        loaded = pipeline.load_history(settings, history_start, history_end)
+        def progress(summary: dict) -> None:
+            day = dt.date.fromisoformat(summary["ds"])
+            if day.day == 1 or day == history_end:
+                step(f"  loaded {summary['ds']}: {summary['ingest']['rows']:,} events, "
+                     f"{summary['features']['customers']:,} customers with features")
+
+        loaded = pipeline.load_history(settings, history_start, history_end, progress=progress)
         step(f"history loaded: {len(loaded)} days, {sum(d['ingest']['rows'] for d in loaded):,} raw events")
 
     airflow = LocalAirflow(home=home, project=project, port=args.port or free_port(), extra_env=env)
@@ -133,7 +139,10 @@ def _demo(args: argparse.Namespace) -> int:
                 return 1
         # Weekly retraining for every week with matured labels, then a week of scoring,
         # each day with the model that was champion on it, and its drift reports.
+        # The last two weeks that can train: the first promotes on the floors, the
+        # second must beat it (--retrain-weeks 0 retrains every week that can).
         mondays = _mondays(args.history_start, args.start, args.end, settings.train_warmup_days)
+        mondays = mondays[-args.retrain_weeks:] if args.retrain_weeks else mondays
         if mondays:
             airflow.backfill("weekly_retrain", mondays[0], mondays[-1], max_active_runs=1)
             step(f"airflow backfill create --dag-id weekly_retrain --from-date {mondays[0]} --to-date {mondays[-1]}")
@@ -320,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--history-start", default="2026-01-01", help="first day of the history loaded in-process before --start"
     )
-    demo.add_argument("--start", default="2026-05-01", help="first day run through Airflow")
+    demo.add_argument("--start", default="2026-05-15", help="first day run through Airflow")
+    demo.add_argument("--retrain-weeks", type=int, default=2, help="retrain the last N weeks that can (0: all)")
     demo.add_argument("--end", default="2026-05-31")
     demo.add_argument(
         "--drift", default="", help="simulated drift, e.g. spend_shift@2026-05-27 (see SLUICE_SIM_DRIFT)"

@@ -235,20 +235,38 @@ class LocalAirflow:
         already committed; a scheduler that has loaded them then crashes on a foreign key.
         Creating the backfill while no scheduler runs avoids that race entirely.
         """
-        running = "scheduler" in self.processes and self.processes["scheduler"].poll() is None
-        if running:
+        # The DAG processor writes too (each parse): pause both writers, so that only
+        # the API server shares the database with the backfill while it is created.
+        paused = [
+            name for name in ("scheduler", "dag-processor")
+            if name in self.processes and self.processes[name].poll() is None
+        ]
+        if "scheduler" in paused:
             # Airflow allows one running backfill per DAG, and the scheduler marks a finished
             # one complete only every 30 s: wait for that before pausing it.
             self.wait_for_backfills_complete(dag_id)
-            self.stop_component("scheduler")
+        for name in paused:
+            self.stop_component(name)
         try:
-            self.cli(
-                "backfill", "create", "--dag-id", dag_id, "--from-date", start, "--to-date", end,
-                "--max-active-runs", str(max_active_runs), "--reprocess-behavior", reprocess,
-            )
+            for attempt in range(4):
+                result = self.cli(
+                    "backfill", "create", "--dag-id", dag_id, "--from-date", start, "--to-date", end,
+                    "--max-active-runs", str(max_active_runs), "--reprocess-behavior", reprocess, check=False,
+                )
+                if result.returncode == 0:
+                    break
+                # A lock error leaves either nothing (Airflow cleaned up: safe to retry) or
+                # a backfill without its runs (not safe: say so rather than guess).
+                if "database is locked" not in result.stderr or attempt == 3 or self.incomplete_backfills(dag_id):
+                    raise RuntimeError(
+                        f"airflow backfill create --dag-id {dag_id} failed ({result.returncode}):\n"
+                        f"{result.stderr[-4000:]}"
+                    )
+                log.warning("airflow backfill create %s: database is locked, retrying", dag_id)
+                time.sleep(2 + 3 * attempt)
         finally:
-            if running:
-                self.start(["scheduler"])
+            if paused:
+                self.start(paused)
 
     def incomplete_backfills(self, dag_id: str) -> int:
         """Backfills of ``dag_id`` not marked complete yet, read from the SQLite metadata DB."""
@@ -268,28 +286,28 @@ class LocalAirflow:
             time.sleep(3)
 
     def retried_tries(self, tail: int = 40) -> list[str]:
-        """Every task that needed more than one try, with the end of each earlier try's log.
+        """Every earlier try of a task that was retried, with the end of its log.
 
         A retry that succeeds hides its cause from the run's state: this is how a test
-        run shows it (the e2e fixtures print it, and pytest shows it when a test fails).
+        run or the demo shows it. Airflow keeps each finished earlier try in
+        ``task_instance_history``; a sensor's reschedule is not a try and is not there.
         """
         db = self.home / "airflow.db"
         if not db.exists():
             return []
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=120)) as conn:
-            rows = conn.execute(
-                "SELECT dag_id, run_id, task_id, map_index, try_number, state FROM task_instance"
-                " WHERE try_number > 1 ORDER BY dag_id, run_id, task_id"
+            rows = conn.execute(  # a successful try archived by a re-run (clear, backfill) is no retry
+                "SELECT dag_id, run_id, task_id, map_index, try_number, state FROM task_instance_history"
+                " WHERE state IS NULL OR state != 'success' ORDER BY dag_id, run_id, task_id, try_number"
             ).fetchall()
         out = []
-        for dag_id, run_id, task_id, map_index, tries, state in rows:
-            out.append(f"{dag_id} {run_id} {task_id}[{map_index}]: {tries} tries, {state}")
+        for dag_id, run_id, task_id, map_index, attempt, state in rows:
+            out.append(f"{dag_id} {run_id} {task_id}[{map_index}] try {attempt}: {state}")
             folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-            for attempt in range(1, tries):
-                for log_file in sorted(folder.glob(f"**/attempt={attempt}.log")):
-                    lines = log_file.read_text(errors="replace").splitlines()[-tail:]
-                    out.append(f"--- {log_file.relative_to(self.home)} (last {len(lines)} lines)")
-                    out.extend(lines)
+            for log_file in sorted(folder.glob(f"**/attempt={attempt}.log")):
+                lines = log_file.read_text(errors="replace").splitlines()[-tail:]
+                out.append(f"--- {log_file.relative_to(self.home)} (last {len(lines)} lines)")
+                out.extend(lines)
         return out
 
     def trigger(self, dag_id: str, conf: Mapping[str, object] | None = None, run_id: str | None = None) -> str:

@@ -34,7 +34,7 @@ from sluice.tables import (
     PREDICTIONS_CHURN,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]  # a busy 2-core machine is slow
 
 # The months before START are loaded in-process (`sluice load-history`): features need
 # 90 days of history before a model may learn from them (SLUICE_TRAIN_WARMUP_DAYS) and
