@@ -1,0 +1,159 @@
+"""Fixtures of the browser tests: a filled lake, a real Airflow with a login, and Chromium.
+
+``ui_stack`` fills a lake in-process (history, one retraining, scores, drift reports,
+realised performance, and the raw events of the day the test then processes through
+Airflow), while the metadata DB of an embedded Airflow is migrated beside it; then it
+starts Airflow with the simple auth manager's login on (one admin user, its password
+in a file written here). ``browser`` is Debian's Chromium driven by Playwright: no
+browser is downloaded at test time, and a missing Chromium fails the tests loudly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sluice.local_airflow import PROJECT_ROOT, LocalAirflow, free_port
+from sluice.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "ui"
+
+HISTORY_START, HISTORY_END = dt.date(2026, 1, 1), dt.date(2026, 5, 12)
+RETRAIN_DAY = dt.date(2026, 5, 10)  # a Sunday: the as-of day of a weekly retraining
+SCORED_DAYS = (dt.date(2026, 5, 11), dt.date(2026, 5, 12))  # scored, drift-reported, performance recorded
+TRIGGER_DAY = "2026-05-13"  # raw events ingested here; nightly_etl runs it through Airflow
+CUSTOMERS = 2000
+USER = "admin"
+
+
+@dataclass(frozen=True)
+class UiStack:
+    airflow: LocalAirflow
+    settings: Settings
+    user: str
+    password: str
+    retrain_day: str = RETRAIN_DAY.isoformat()
+    scored_days: tuple[str, ...] = tuple(d.isoformat() for d in SCORED_DAYS)
+    trigger_day: str = TRIGGER_DAY
+
+    @property
+    def base_url(self) -> str:
+        return self.airflow.base_url
+
+
+def fill_lake(settings: Settings) -> None:
+    """What the view shows: history, a champion with its decision, scores, drift and performance."""
+    from sluice import drift, pipeline, retrain, score
+    from sluice.lineage import RunContext
+
+    pipeline.load_history(settings, HISTORY_START, HISTORY_END)
+    result = retrain.retrain(settings, RETRAIN_DAY, RunContext("weekly_retrain", "ui-test"))
+    assert result["promoted"], f"the first retraining should promote on the floors: {result}"
+    for day in SCORED_DAYS:
+        # The scores of D - 30, with the champion, so that D's run can measure them against matured labels.
+        score.score_day(settings, day - dt.timedelta(days=30), RunContext("batch_score", "ui-test"),
+                        use_current_champion=True)
+        score.score_day(settings, day, RunContext("batch_score", "ui-test"))
+        drift.build_drift_report(settings, day, RunContext("drift_report", "ui-test"))
+        drift.record_performance(settings, day, RunContext("drift_report", "ui-test"))
+    pipeline.ingest_day(settings, dt.date.fromisoformat(TRIGGER_DAY), RunContext("ingest_raw", "ui-test"))
+
+
+def prepare_airflow(airflow: LocalAirflow) -> None:
+    airflow.migrate()
+    airflow.serialize_dags()
+    airflow.apply_settings()
+
+
+@pytest.fixture(scope="module")
+def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
+    root = tmp_path_factory.mktemp("ui")
+    password = secrets.token_urlsafe(12)
+    passwords_file = root / "simple_auth_manager_passwords.json"
+    passwords_file.write_text(json.dumps({USER: password}))
+    passwords_file.chmod(0o600)
+    env = {
+        "SLUICE_LAKE_URI": (root / "lake").as_uri(),
+        "SLUICE_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "SLUICE_SIM_CUSTOMERS": str(CUSTOMERS),
+        "SLUICE_CODE_VERSION": "ui-test",
+        "MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT": "0",
+        # A real login: no automatic admin; one user whose password is in a file of ours.
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
+    }
+    airflow = LocalAirflow(home=root / "airflow", port=free_port(), extra_env=env)
+    with pytest.MonkeyPatch.context() as mp:
+        for key in list(os.environ):
+            if key.startswith(("SLUICE_", "AWS_")):
+                mp.delenv(key)
+        for key, value in env.items():
+            if not key.startswith("AIRFLOW__"):
+                mp.setenv(key, value)
+        settings = load_settings()
+        # The metadata DB is migrated (a subprocess) while the lake fills here.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            prepared = pool.submit(prepare_airflow, airflow)
+            fill_lake(settings)
+            prepared.result()
+    airflow.start()
+    try:
+        airflow.wait_until_healthy(timeout=300)
+        yield UiStack(airflow=airflow, settings=settings, user=USER, password=password)
+    finally:
+        retried = airflow.retried_tries()
+        if retried:
+            log.warning("tasks that needed a retry:\n%s", "\n".join(retried))
+        airflow.stop()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Screenshots of every step go here (git-ignored); those of an earlier session are removed."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def playwright_driver():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_driver):
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests drive Debian's Chromium "
+            "(install it with `apt-get install -y chromium`); no browser is downloaded at test time",
+            pytrace=False,
+        )
+    browser = playwright_driver.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(60_000)  # a busy 2-core machine: the UI can take a while
+    page = context.new_page()
+    yield page
+    context.close()
