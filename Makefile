@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install demo test test-e2e test-all lint status serve lock bench clean
+.PHONY: install demo test test-e2e test-all lint status serve lock bench clean cluster cluster-down
 
 install: $(STAMP)
 
@@ -52,6 +52,14 @@ bench: install
 	$(BIN)/python benchmarks/etl.py
 	$(BIN)/python benchmarks/drift.py
 	$(BIN)/python benchmarks/score.py
+
+## The production topology (docker-compose.yaml) on this machine without Docker: docs/production.md.
+cluster: install
+	$(BIN)/python -m sluice.cluster up
+
+## Stop exactly what `make cluster` started (and drop the databases it created).
+cluster-down:
+	$(BIN)/python -m sluice.cluster down
 
 clean:
 	rm -rf .airflow .lake .mlflow .pytest_cache
