@@ -33,12 +33,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _measure import peak_rss_kb  # benchmarks/ is on sys.path when a script runs
 
 D = dt.date(2026, 3, 10)
 SPEND = ("spend_7d", "spend_30d", "spend_90d", "spend_per_order_90d")
@@ -113,18 +114,6 @@ def setup(lake: str, rows: int, reference_days: int) -> dict:
     return {"reference_days": ref_days, "feature_version": lake_.version(FEATURES_CUSTOMER_DAILY)}
 
 
-def _peak_rss_kb() -> int:
-    """Peak resident memory of this process (VmHWM; ru_maxrss survives exec on Linux, VmHWM does not)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def measure(kind: str, lake: str, info: dict, sample: int, reference_sample: int) -> dict:
     """One variant in this (fresh) process."""
     root = Path(lake)
@@ -137,7 +126,7 @@ def measure(kind: str, lake: str, info: dict, sample: int, reference_sample: int
     from sluice.tables import FEATURES_CUSTOMER_DAILY, PREDICTIONS_CHURN
     from sluice.train import FittedModel
 
-    rss_imports = _peak_rss_kb()
+    rss_imports = peak_rss_kb()
     t0 = time.perf_counter()
     lake_ = Lake(_settings(lake))
     model = FittedModel.from_booster(lgb.Booster(model_file=str(root / "model.txt")))
@@ -159,7 +148,7 @@ def measure(kind: str, lake: str, info: dict, sample: int, reference_sample: int
     html = snapshot.get_html_str(as_iframe=False)
     summary = drift.drift_summary(snapshot.dict())
     seconds = time.perf_counter() - t0
-    rss = _peak_rss_kb()
+    rss = peak_rss_kb()
     return {
         "kind": kind,
         "seconds": round(seconds, 2),

@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _measure import peak_rss_kb  # benchmarks/ is on sys.path when a script runs
 
 START = dt.date(2026, 1, 1)
 
@@ -70,7 +71,7 @@ def measure(kind: str, lake: Path, customers: int, day: dt.date) -> dict:
     settings = _settings(lake, customers)
     ctx = RunContext("benchmark", kind)
     ingest_day(settings, day, ctx)  # the day's raw input; not timed
-    rss_before = _peak_rss_kb()
+    rss_before = peak_rss_kb()
     t0 = time.perf_counter()
     summary = curate_day(settings, day, ctx)
     if kind == "sluice":
@@ -85,21 +86,9 @@ def measure(kind: str, lake: Path, customers: int, day: dt.date) -> dict:
         lake_.write_partition(FEATURES_CUSTOMER_DAILY, day.isoformat(), table, ctx.lineage(day.isoformat(), {}))
         del events, feats, pd
     seconds = time.perf_counter() - t0
-    peak_kb = _peak_rss_kb()
+    peak_kb = peak_rss_kb()
     return {"kind": kind, "customers": customers, "day": day.isoformat(), "events": summary["rows_in"],
             "seconds": seconds, "peak_mb": peak_kb / 1024, "rss_before_mb": rss_before / 1024}
-
-
-def _peak_rss_kb() -> int:
-    """Peak resident memory of this process (VmHWM; ru_maxrss survives exec on Linux, VmHWM does not)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _run_child(kind: str, lake: Path, customers: int, day: dt.date) -> dict:

@@ -42,13 +42,14 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _measure import peak_rss_kb  # benchmarks/ is on sys.path when a script runs
 
 START = dt.date(2026, 1, 1)
 ROUNDS = 200
@@ -123,18 +124,6 @@ def setup(root: Path, rows: int, customers: int, history: int) -> dict:
             "model_name": settings.model_name}
 
 
-def _peak_rss_kb() -> int:
-    """Peak resident memory of this process (VmHWM; ru_maxrss survives exec on Linux, VmHWM does not)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def measure(kind: str, root: Path, info: dict, out: Path) -> dict:
     """One variant in this (fresh) process."""
     import deltalake
@@ -153,7 +142,7 @@ def measure(kind: str, root: Path, info: dict, out: Path) -> dict:
     from sluice.tables import FEATURES_CUSTOMER_DAILY
 
     settings = _settings(root)
-    rss_imports = _peak_rss_kb()
+    rss_imports = peak_rss_kb()
     t0 = time.perf_counter()
     if kind == "sluice":
         rows = score_day(settings, dt.date.fromisoformat(info["ds"]), RunContext("bench", "bench"))["rows"]
@@ -169,7 +158,7 @@ def measure(kind: str, root: Path, info: dict, out: Path) -> dict:
         pd.DataFrame({"customer_id": frame["customer_id"], "score": scores}).to_parquet(out, index=False)
         rows = len(frame)
     seconds = time.perf_counter() - t0
-    rss = _peak_rss_kb()
+    rss = peak_rss_kb()
     return {"kind": kind, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
             "peak_mb": rss / 1024, "above_imports_mb": (rss - rss_imports) / 1024}
 
