@@ -8,6 +8,8 @@ one JWT secret everywhere, versions that agree with requirements.txt, and no sec
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -253,31 +255,80 @@ def test_read_dotenv_handles_comments_and_quotes(tmp_path: Path) -> None:
 # -- docker compose itself ---------------------------------------------------------------------------
 
 
-def _docker_compose() -> str | None:
-    docker = shutil.which("docker")
-    if docker is None:
-        return "no docker CLI on this machine"
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=60)
-    if probe.returncode != 0:
-        said = (probe.stderr or probe.stdout).strip().splitlines() or [""]
-        return f"`docker compose` is not available here: {said[0][:200]}"
-    return None
+def _docker_compose() -> list[str] | str:
+    """The command that runs Compose v2 (the `docker compose` plugin or a standalone v2 binary),
+    or why there is none. `.ci/run` installs the plugin; no Docker engine is needed for `config`."""
+    candidates = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    said = "no docker CLI and no docker-compose on this machine"
+    for command in candidates:
+        probe = subprocess.run([*command, "version", "--short"], capture_output=True, text=True, timeout=60)
+        version = probe.stdout.strip().lstrip("v")
+        if probe.returncode == 0 and version[:1].isdigit() and int(version.split(".")[0]) >= 2:
+            return command
+        said = f"`{' '.join(command)}` is not Compose v2 here: {(probe.stderr or probe.stdout).strip()[:200]}"
+    return said
 
 
-def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
-    reason = _docker_compose()
-    if reason:
-        pytest.skip(reason)
-    text = (ROOT / "docker-compose.yaml").read_text()
-    required = sorted(set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?", text)))
-    env_file = tmp_path / "ci.env"
-    env_file.write_text("".join(f"{name}=ci-not-a-secret\n" for name in required))
-    result = subprocess.run(
-        ["docker", "compose", "--env-file", str(env_file), "-f", str(ROOT / "docker-compose.yaml"),
-         "--profile", "flower", "--profile", "debug", "config", "--quiet"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+@pytest.fixture(scope="module")
+def compose_cli() -> list[str]:
+    found = _docker_compose()
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
+def _render(compose_cli: list[str], env_file: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*compose_cli, "--env-file", str(env_file), "-f", str(ROOT / "docker-compose.yaml"),
+         "--profile", "flower", "--profile", "debug", "config", *extra],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={"PATH": os.environ["PATH"], "HOME": str(Path.home())},
     )
+
+
+def _required_variables() -> list[str]:
+    text = (ROOT / "docker-compose.yaml").read_text()
+    return sorted(set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?", text)))
+
+
+def test_docker_compose_accepts_the_file(compose_cli: list[str], tmp_path: Path) -> None:
+    env_file = tmp_path / "ci.env"
+    env_file.write_text("".join(f"{name}=ci-not-a-secret\n" for name in _required_variables()))
+    result = _render(compose_cli, env_file, "--quiet")
     assert result.returncode == 0, result.stderr
+
+
+def test_docker_compose_refuses_a_missing_secret_by_name(compose_cli: list[str], tmp_path: Path) -> None:
+    required = _required_variables()
+    env_file = tmp_path / "ci.env"
+    env_file.write_text("".join(f"{name}=ci-not-a-secret\n" for name in required if name != "POSTGRES_PASSWORD"))
+    result = _render(compose_cli, env_file, "--quiet")
+    assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr
+
+
+def test_docker_compose_renders_what_the_twin_derives(compose_cli: list[str], compose: Compose, tmp_path: Path) -> None:
+    """One source of truth: Compose's own interpolation of every service's environment and
+    command equals the twin's (sluice.cluster.interpolate), for the same .env."""
+    variables = {name: f"v-{name.lower()}" for name in _required_variables()}
+    variables |= {"SLUICE_SIM_CUSTOMERS": "1234", "AIRFLOW_WORKER_CONCURRENCY": "3", "SLUICE_ALERT_WEBHOOK_URI": ""}
+    env_file = tmp_path / "ci.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in variables.items()))
+    result = _render(compose_cli, env_file, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rendered = json.loads(result.stdout)["services"]
+    assert set(rendered) == set(compose.services)
+
+    def unescape(value: object) -> str:  # `config` prints a file compose can read again: `$` as `$$`
+        return "" if value is None else str(value).replace("$$", "$")
+
+    for service in compose.services:
+        theirs = {k: unescape(v) for k, v in (rendered[service].get("environment") or {}).items()}
+        assert theirs == compose.environment(service, variables), service
+        if rendered[service].get("command"):
+            assert [unescape(a) for a in rendered[service]["command"]] == compose.command(service, variables), service
 
 
 # -- stopping exactly what was started ---------------------------------------------------------------
