@@ -1,4 +1,4 @@
-# The Sluice image: Airflow 3 (official image) + the pinned requirements + the sluice package,
+# The Sluice image: Airflow 3 (official image) + the pinned runtime requirements + the sluice package,
 # the DAGs, plugins and airflow_settings.yaml. One image for every Airflow component and the
 # MLflow server (docker-compose.yaml). No secret is baked in: they all come from the environment.
 #
@@ -14,7 +14,9 @@ WORKDIR /opt/airflow
 
 # Dependencies first, so that a change of code does not reinstall them. Pinning apache-airflow to
 # the image's version keeps the resolver from moving Airflow; every other pin comes from
-# requirements.txt (the full resolved set, `make lock`), so those versions win over the image's.
+# requirements.txt (the full resolved runtime set, `make lock`), so those versions win over the
+# image's. Only the runtime set: the test and dev tools (requirements-dev.txt) never enter the image
+# (tests/cluster/test_image_requirements.py).
 COPY --chown=airflow:0 requirements.txt /opt/airflow/requirements.txt
 RUN uv pip install --no-cache "apache-airflow==${AIRFLOW_VERSION}" -r /opt/airflow/requirements.txt
 

@@ -4,16 +4,18 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: install demo test test-e2e test-all lint status serve lock bench clean cluster cluster-down
 
+## The runtime pins (requirements.txt, what the image gets) plus the test and dev tools
+## (requirements-dev.txt), resolved as one set, and the sluice package in editable mode.
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
-	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt -r requirements-dev.txt
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
@@ -44,9 +46,11 @@ status: install
 serve: install
 	$(BIN)/sluice serve
 
-## Resolve requirements.in into the fully pinned requirements.txt.
+## Resolve requirements.in into requirements.txt (runtime, the image), then requirements-dev.in into
+## requirements-dev.txt (test and dev tools, constrained to the runtime pins): both fully pinned.
 lock:
 	$(BIN)/uv pip compile requirements.in --python-version 3.11 -o requirements.txt
+	$(BIN)/uv pip compile requirements-dev.in --python-version 3.11 -o requirements-dev.txt
 
 bench: install
 	$(BIN)/python benchmarks/etl.py

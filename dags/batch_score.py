@@ -3,9 +3,12 @@
 
 Scores every customer in `features/customer_daily` for **partition day D**.
 
-1. `wait_for_features` waits until the features of D exist (written by `nightly_etl`).
+1. `wait_for_features` waits until the features of D exist (written by `nightly_etl`);
+   `wait_for_retraining` waits while a `weekly_retrain` run decided as of D-1 is queued or
+   running (its promotion takes effect on D; on a Monday both are due at the same midnight).
 2. `score_customers` resolves the model **once** to a concrete version: the model that
-   was champion on D (from `models/promotions`), or the current `@champion` when the
+   was champion on D (from `models/promotions`; a gate decision as of day X takes effect
+   on X+1), or the current `@champion` when the
    `use_current_champion` param is set. It writes `predictions/churn` D (customer id,
    score, risk band, model version, feature table version), replacing the partition.
 3. `publish_postgres` upserts the scores into `public.churn_scores` keyed by
@@ -57,6 +60,13 @@ def batch_score():
 
         return partition_ready(FEATURES_CUSTOMER_DAILY.name, partition_day(get_current_context()))
 
+    @task.sensor(poke_interval=60, timeout=dt.timedelta(hours=12), mode="reschedule")
+    def wait_for_retraining() -> bool:
+        from sluice.orchestration import partition_day, retraining_settled
+
+        context = get_current_context()
+        return retraining_settled(context["ti"], partition_day(context))
+
     @task(outlets=[Asset(PREDICTIONS_CHURN.asset_name)])
     def score_customers() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
@@ -88,7 +98,7 @@ def batch_score():
         return publish_scores("redis", SCORES_REDIS, scored["ds"])
 
     scored = score_customers()
-    wait_for_features() >> scored
+    [wait_for_features(), wait_for_retraining()] >> scored
     publish_postgres(scored)
     publish_redis(scored)
 

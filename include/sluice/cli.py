@@ -263,7 +263,9 @@ def _model(args: argparse.Namespace) -> int:
         print(f"  reason: {d['reason']}")
     for row in promotions.history(lake):
         was = f"v{row['previous_version']}" if row["previous_version"] else "no champion"
-        print(f"  {row['ds']}: v{row['model_version']} (was {was}){' forced' if row['forced'] else ''}: {row['reason']}")
+        decided = f", decided as of {row['decision_ds']}" if row.get("decision_ds") else ""
+        print(f"  champion from {row['ds']}: v{row['model_version']} (was {was}{decided})"
+              f"{' forced' if row['forced'] else ''}: {row['reason']}")
     return 0
 
 

@@ -368,7 +368,7 @@ def drop_database(url: str) -> None:
 
 def init_databases(environ: Mapping[str, str]) -> list[str]:
     """The PostgreSQL databases airflow-init makes sure of: metadata, MLflow, published scores."""
-    keys = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "MLFLOW_BACKEND_STORE_URI", "AIRFLOW_CONN_SLUICE_SCORES_POSTGRES")
+    keys = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "MLFLOW_BACKEND_STORE_URI", "SLUICE_SCORES_POSTGRES_URI")
     return [environ[k] for k in keys if environ.get(k, "").startswith(("postgres", "db+postgres"))]
 
 
@@ -763,7 +763,7 @@ class Cluster:
 
         env = self.service_env("airflow-scheduler")
         claimed = self.state()["flushable_redis_dbs"]
-        for url in (env["AIRFLOW__CELERY__BROKER_URL"], env.get("AIRFLOW_CONN_SLUICE_SCORES_REDIS", "")):
+        for url in (env["AIRFLOW__CELERY__BROKER_URL"], env.get("SLUICE_SCORES_REDIS_URI", "")):
             if url.startswith("redis://") and url not in claimed:
                 client = redis.Redis.from_url(url, socket_timeout=5)
                 if client.dbsize() == 0:

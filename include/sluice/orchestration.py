@@ -7,6 +7,7 @@ lightly (``airflow.sdk``), so that DAG files stay cheap to parse.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,8 @@ from sluice.lineage import RunContext
 
 if TYPE_CHECKING:
     from sluice.settings import Settings
+
+log = logging.getLogger(__name__)
 
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -89,6 +92,40 @@ def partition_ready(table_name: str, day: dt.date) -> bool:
     return Lake(runtime_settings()).has_partition(by_name(table_name), day.isoformat())
 
 
+RETRAIN_DAG_ID = "weekly_retrain"
+EARLY_RETRAIN_RUN_PREFIX = "early_retrain__"
+UNFINISHED = ("queued", "running")
+
+
+def retrain_runs_taking_effect_on(day: dt.date) -> tuple[list[dt.datetime], list[str]]:
+    """The weekly_retrain runs whose promotion would take effect on ``day`` (decided as of day-1):
+    the scheduled or backfilled run of the week ending day-1 when that is a Sunday (by logical
+    date, the Monday that starts the week), and an early retrain after drift_report day-1 (by run id)."""
+    as_of = day - dt.timedelta(days=1)
+    logical_dates = []
+    if as_of.weekday() == 6:
+        monday = as_of - dt.timedelta(days=6)
+        logical_dates.append(dt.datetime(monday.year, monday.month, monday.day, tzinfo=dt.UTC))
+    return logical_dates, [f"{EARLY_RETRAIN_RUN_PREFIX}{as_of.isoformat()}"]
+
+
+def retraining_settled(ti: Any, day: dt.date) -> bool:
+    """Whether no retraining that could change the champion of ``day`` is still queued or running.
+
+    What batch_score waits for before it resolves the model: on a Monday the week's retraining is
+    due at the same midnight, and in a backfill the two DAGs' runs interleave. A run that does not
+    exist is not waited for (weekly_retrain paused, or not backfilled over that week).
+    """
+    logical_dates, run_ids = retrain_runs_taking_effect_on(day)
+    pending = 0
+    if logical_dates:
+        pending += ti.get_dr_count(dag_id=RETRAIN_DAG_ID, logical_dates=logical_dates, states=list(UNFINISHED))
+    pending += ti.get_dr_count(dag_id=RETRAIN_DAG_ID, run_ids=run_ids, states=list(UNFINISHED))
+    if pending:
+        log.info("waiting for %d %s run(s) decided as of %s to finish", pending, RETRAIN_DAG_ID, day - dt.timedelta(days=1))
+    return pending == 0
+
+
 def run_context(context: Mapping[str, Any]) -> RunContext:
     dag_run = context["dag_run"]
     return RunContext(dag_id=dag_run.dag_id, run_id=dag_run.run_id)
@@ -101,8 +138,17 @@ def runtime_settings() -> Settings:
     settings = load_settings()
     if settings.source == "postgres" and not settings.source_postgres_dsn:
         from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
 
-        conn = BaseHook.get_connection(SOURCE_CONNECTION_ID)
+        from sluice.sources import SourceError
+
+        try:
+            conn = BaseHook.get_connection(SOURCE_CONNECTION_ID)
+        except AirflowNotFoundException as exc:
+            raise SourceError(
+                f"SLUICE_SOURCE=postgres needs SLUICE_SOURCE_POSTGRES_DSN or the connection {SOURCE_CONNECTION_ID} "
+                "(airflow_settings.yaml creates it from SLUICE_SOURCE_POSTGRES_URI)"
+            ) from exc
         settings = settings.model_copy(update={"source_postgres_dsn": libpq_dsn(conn)})
     return settings
 

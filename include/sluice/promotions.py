@@ -3,6 +3,13 @@
 Every promotion (by the gate, forced, by hand or by a rollback) is a row of
 ``models/promotions`` in partition ds = the day it takes effect, so that scoring a
 past day can use the model that was champion on that day.
+
+A gate decision as of day D (weekly_retrain for the week ending D, or an early retrain
+after drift_report D) takes effect on D+1. D's scores are made with the champion before
+it, so the result does not depend on whether batch_score D or the retraining finishes
+first (both are due at the same midnight), and a drift report of D never sees D's scores
+credited to a model promoted afterwards. A promotion by hand or a rollback takes effect
+on the day it is made (that day is scored the next night).
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ from sluice.settings import Settings
 from sluice.tables import MODEL_PROMOTIONS, PARTITION_COLUMN
 
 log = logging.getLogger(__name__)
+
+
+def effective_day(decision_ds: str) -> str:
+    """The day a gate decision as of ``decision_ds`` makes its model champion: the next one."""
+    return (dt.date.fromisoformat(decision_ds) + dt.timedelta(days=1)).isoformat()
 
 
 def record_promotion(

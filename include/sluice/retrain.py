@@ -20,7 +20,7 @@ from sluice.features import LABEL_HORIZON_DAYS
 from sluice.gate import Decision, GatePolicy, decide, forced, metrics
 from sluice.lake import Lake
 from sluice.lineage import RunContext, detected_code_version
-from sluice.promotions import record_promotion
+from sluice.promotions import effective_day, record_promotion
 from sluice.registry import CHALLENGER, CHAMPION, Registry
 from sluice.settings import Settings
 from sluice.tables import FEATURES_CUSTOMER_DAILY, MODEL_DECISIONS, PARTITION_COLUMN
@@ -357,8 +357,11 @@ def _finish(
         lineage,
     )
     if promoted:
+        # A model decided as of D is champion from D+1: D's scores are made with the champion
+        # before it, whichever of batch_score D and this run finishes first.
         record_promotion(
-            lake, ds, version, previous, forced=bool(decision.get("forced")), reason=reason, ctx=ctx, decision_ds=ds,
+            lake, effective_day(ds), version, previous, forced=bool(decision.get("forced")), reason=reason, ctx=ctx,
+            decision_ds=ds,
         )
     return {
         "ds": ds,

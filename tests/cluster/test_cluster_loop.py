@@ -274,8 +274,8 @@ def test_the_champion_is_in_the_mlflow_server_and_its_files_in_the_bucket(loop: 
 
 def test_published_scores_are_the_predictions(loop: Loop) -> None:
     lake = Lake(loop.settings)
-    pg_url = loop.env["AIRFLOW_CONN_SLUICE_SCORES_POSTGRES"]
-    redis_url = loop.env["AIRFLOW_CONN_SLUICE_SCORES_REDIS"]
+    pg_url = loop.env["SLUICE_SCORES_POSTGRES_URI"]
+    redis_url = loop.env["SLUICE_SCORES_REDIS_URI"]
     client = redis.Redis.from_url(redis_url)
     with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
         for day in SCORE_DAYS:

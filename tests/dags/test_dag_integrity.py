@@ -19,11 +19,6 @@ DAILY = ("ingest_raw", "nightly_etl", "batch_score", "drift_report")
 HEAVY = ("pandas", "pandera", "deltalake", "lightgbm", "mlflow", "sklearn", "evidently", "boto3", "psycopg2")
 
 
-@pytest.fixture(scope="module")
-def migrated_db() -> None:
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-
-
 class _Forbidden(AssertionError):
     pass
 
@@ -151,3 +146,34 @@ def test_weekly_retrain_as_of_day_is_the_sunday_that_ends_the_week() -> None:
     context = {"params": {}, "data_interval_start": monday, "data_interval_end": monday + dt.timedelta(days=7)}
     assert as_of_day(context) == dt.date(2026, 2, 15)
     assert as_of_day({"params": {"partition_day": "2026-02-20"}}) == dt.date(2026, 2, 20)
+
+
+def test_batch_score_waits_for_the_retraining_whose_promotion_takes_effect_on_its_day(dagbag) -> None:
+    """Scoring Monday D+1 waits for the weekly run decided as of Sunday D (found by the logical date
+    the real timetable gives that run) and for an early retrain after drift_report D; other days
+    wait only for an early retrain."""
+    import datetime as dt
+
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import DataInterval
+
+    from sluice.orchestration import as_of_day, retrain_runs_taking_effect_on
+    from sluice.promotions import effective_day
+
+    dag = dagbag.dags["batch_score"]
+    assert {"wait_for_features", "wait_for_retraining"} <= dag.get_task("score_customers").upstream_task_ids
+    timetable = coerce_to_core_timetable(dagbag.dags["weekly_retrain"].timetable)
+    info = timetable.next_dagrun_info(
+        last_automated_data_interval=DataInterval(
+            dt.datetime(2026, 5, 4, tzinfo=dt.UTC), dt.datetime(2026, 5, 11, tzinfo=dt.UTC)
+        ),
+        restriction=mock.Mock(earliest=None, latest=None, catchup=True),
+    )
+    decided = as_of_day({"params": {}, "data_interval_start": info.data_interval.start,
+                         "data_interval_end": info.data_interval.end})
+    assert decided == dt.date(2026, 5, 17)
+    monday = dt.date.fromisoformat(effective_day(decided.isoformat()))
+    assert monday == dt.date(2026, 5, 18)
+    assert retrain_runs_taking_effect_on(monday) == ([info.logical_date], ["early_retrain__2026-05-17"])
+    for day in (dt.date(2026, 5, 17), dt.date(2026, 5, 19), dt.date(2026, 5, 24)):
+        assert retrain_runs_taking_effect_on(day) == ([], [f"early_retrain__{day - dt.timedelta(days=1)}"])

@@ -149,7 +149,9 @@ def test_weekly_retraining_gates_and_promotes(stack) -> None:
     assert champion is not None
     assert champion.tags["gate.promote"] == "True"
     history = promotions.history(lake)
-    assert history[0]["ds"] == "2026-05-10" and history[-1]["model_version"] == champion.version
+    # Decided as of Sunday 05-10, champion from Monday 05-11 (the first day batch_score scores).
+    assert (history[0]["decision_ds"], history[0]["ds"]) == ("2026-05-10", "2026-05-11")
+    assert history[-1]["model_version"] == champion.version
     for version in registry.versions():
         assert version.tags.get("feature_table_version"), "every version records its training data"
         train_from = json.loads(version.tags["training_windows"])["train"][0]

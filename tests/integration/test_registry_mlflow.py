@@ -336,8 +336,9 @@ class Step:
     features_version: int | None  # of the features table just before the call
     aliases: dict[str, str | None]
     decisions: list[dict]  # rows of models/decisions for the day after the call
-    promotions: list[dict]  # rows of models/promotions for the day after the call
-    champion_on_day: str | None
+    promotions: list[dict]  # rows of models/promotions for the day the decision takes effect (day + 1)
+    champion_on_day: str | None  # the champion of that day (day + 1)
+    champion_on_decision_day: str | None  # the champion the day's own scores use
     new_figures: int
 
 
@@ -419,15 +420,17 @@ def retrain_chain(s3_endpoint, tmp_path_factory, mlflow_template) -> Iterator[Re
             for number in new_figures:  # leave pyplot as it was for the tests that follow
                 plt.close(number)
             ds = day.isoformat()
+            effective = promotions.effective_day(ds)
             return Step(
                 result=result,
                 features_version=before_version,
                 aliases=alias_versions(Registry(settings)),
                 decisions=lake.read_partition(MODEL_DECISIONS, ds).to_pylist()
                 if lake.has_partition(MODEL_DECISIONS, ds) else [],
-                promotions=lake.read_partition(MODEL_PROMOTIONS, ds).to_pylist()
-                if lake.has_partition(MODEL_PROMOTIONS, ds) else [],
-                champion_on_day=promotions.champion_on(lake, day),
+                promotions=lake.read_partition(MODEL_PROMOTIONS, effective).to_pylist()
+                if lake.has_partition(MODEL_PROMOTIONS, effective) else [],
+                champion_on_day=promotions.champion_on(lake, dt.date.fromisoformat(effective)),
+                champion_on_decision_day=promotions.champion_on(lake, day),
                 new_figures=len(new_figures),
             )
 
@@ -457,7 +460,7 @@ def retrain_chain(s3_endpoint, tmp_path_factory, mlflow_template) -> Iterator[Re
             error=str(err.value),
             aliases=alias_versions(Registry(settings)),
             versions=[v.version for v in Registry(settings).versions()],
-            promotions=lake.read_partition(MODEL_PROMOTIONS, ds).to_pylist(),
+            promotions=lake.read_partition(MODEL_PROMOTIONS, promotions.effective_day(ds)).to_pylist(),
         )
         retried = step(ctx=crash_ctx, force_promote=True, reason=FORCE_REASON, policy=quick)
         rerun = step(ctx=crash_ctx, force_promote=True, reason=FORCE_REASON, policy=quick)
@@ -496,7 +499,10 @@ def test_first_retrain_registers_v1_and_promotes_it_on_the_floors(retrain_chain)
     promotion = _row(first.promotions, "1")
     assert promotion["previous_version"] is None and promotion["forced"] is False
     assert promotion["decision_ds"] == retrain_chain.ds
-    assert first.champion_on_day == "1"
+    # Champion from the next day: the as-of day's own scores use the champion before (none here),
+    # whether batch_score of that day runs before or after this retraining.
+    assert promotion[PARTITION_COLUMN] == promotions.effective_day(retrain_chain.ds) > retrain_chain.ds
+    assert first.champion_on_day == "1" and first.champion_on_decision_day is None
 
     lineage = Lake(retrain_chain.settings).lineage(MODEL_DECISIONS, 0)
     assert lineage is not None and lineage.dag_id == "weekly_retrain"
