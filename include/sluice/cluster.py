@@ -47,7 +47,13 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from sluice.local_airflow import TERMINAL, free_port, json_output
+from sluice.local_airflow import (
+    RETRIED_TRIES_SQL,
+    describe_retried_tries,
+    free_port,
+    json_output,
+    wait_for_finished_runs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -930,15 +936,10 @@ class Cluster:
 
     def wait_for_runs(self, dag_id: str, expected: int, timeout: float = 900, poll: float = 3) -> list[dict]:
         """Wait until ``expected`` runs of ``dag_id`` exist and all have finished."""
-        deadline = time.monotonic() + timeout
-        runs: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            self.check_alive()
-            runs = self.runs(dag_id)
-            if len(runs) >= expected and all(r["state"] in TERMINAL for r in runs):
-                return runs
-            time.sleep(poll)
-        raise ClusterError(f"{dag_id}: runs not finished after {timeout}s: {[(r['run_id'], r['state']) for r in runs]}")
+        return wait_for_finished_runs(
+            dag_id, expected, lambda: self.runs(dag_id), check_alive=self.check_alive,
+            retried_tries=self.retried_tries, timeout=timeout, poll=poll,
+        )
 
     def task_instances(self) -> list[dict[str, Any]]:
         rows = self.sql(
@@ -950,16 +951,8 @@ class Cluster:
         return [dict(zip(keys, row)) for row in rows]
 
     def retried_tries(self, tail: int = 40) -> list[str]:
-        """Every task that needed more than one try, with the end of each earlier try's log."""
-        out = []
-        for ti in (t for t in self.task_instances() if (t["try_number"] or 0) > 1):
-            out.append(f"{ti['dag_id']} {ti['run_id']} {ti['task_id']}: {ti['try_number']} tries, {ti['state']}")
-            folder = self.airflow_home / "logs" / f"dag_id={ti['dag_id']}" / f"run_id={ti['run_id']}"
-            for attempt in range(1, ti["try_number"]):
-                for path in sorted((folder / f"task_id={ti['task_id']}").glob(f"**/attempt={attempt}.log")):
-                    lines = path.read_text(errors="replace").splitlines()[-tail:]
-                    out += [f"--- {path} (last {len(lines)} lines)", *lines]
-        return out
+        """Every earlier try of a task that was retried, with the end of its log."""
+        return describe_retried_tries(self.sql(RETRIED_TRIES_SQL), self.airflow_home / "logs", tail)
 
     # -- stopping --------------------------------------------------------------------------------
     def leftovers(self) -> list[str]:

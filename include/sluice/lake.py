@@ -4,6 +4,9 @@ Writing a day replaces that day's partition in one atomic commit; every commit
 carries lineage; any earlier version can be read back. The same code serves
 ``file://`` (the embedded default) and ``s3://`` (MinIO, AWS), where commits use
 conditional puts so that concurrent backfill runs cannot corrupt a table.
+
+Opening a table replays its log (on S3 a listing and several GETs), so a ``Lake``
+opens each table once and then brings it up to date incrementally: see ``_current``.
 """
 
 from __future__ import annotations
@@ -61,12 +64,22 @@ class TableStatus:
 
 
 class Lake:
-    """The lake under ``settings.lake_uri``."""
+    """The lake under ``settings.lake_uri``.
+
+    Keeps every table it opened: a read of the latest version first applies the log
+    entries committed since (by this or any other process), a read of a pinned version
+    gets exactly that version. A ``Lake`` is meant for one task or request, not to be
+    shared between threads.
+    """
+
+    _PINNED_KEPT = 8  # time-travel snapshots kept per Lake (they never change)
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.root = settings.lake_uri
         self.storage_options = settings.storage_options()
+        self._latest: dict[str, DeltaTable] = {}  # table name -> follows the latest version
+        self._pinned: dict[tuple[str, int], DeltaTable] = {}  # (table name, version) -> that version
 
     # -- locations --------------------------------------------------------------
     def uri(self, table: Table) -> str:
@@ -75,21 +88,64 @@ class Lake:
             return unquote(urlparse(uri).path)
         return uri
 
-    def _open(self, table: Table, version: int | None = None) -> DeltaTable:
+    def _load(self, table: Table, version: int | None = None) -> DeltaTable | None:
+        """A full open: replays the log from the last checkpoint. None while the table does not exist."""
         try:
             return DeltaTable(self.uri(table), version=version, storage_options=self.storage_options or None)
-        except TableNotFoundError as exc:
-            raise LakeError(f"table {table.name} does not exist yet in {self.root}") from exc
+        except TableNotFoundError:
+            return None
+
+    def _current(self, table: Table) -> DeltaTable | None:
+        """The table at its latest committed version, or None while it does not exist.
+
+        Opened once; afterwards ``update_incremental`` reads only the log entries added
+        since (one listing when there are none), so commits of other processes and of
+        this Lake are seen without opening the table again.
+        """
+        dt = self._latest.get(table.name)
+        if dt is not None:
+            dt.update_incremental()
+            return dt
+        dt = self._load(table)
+        if dt is not None:
+            self._latest[table.name] = dt
+        return dt
+
+    def _at_version(self, table: Table, version: int) -> DeltaTable | None:
+        """The table at exactly ``version``; the latest snapshot serves when it is that version."""
+        dt = self._latest.get(table.name)
+        if dt is not None and dt.version() < version:
+            dt.update_incremental()
+        if dt is not None and dt.version() == version:
+            return dt
+        key = (table.name, version)
+        pinned = self._pinned.get(key)
+        if pinned is None:
+            pinned = self._load(table, version)
+            if pinned is None:
+                return None
+            if len(self._pinned) >= self._PINNED_KEPT:
+                del self._pinned[next(iter(self._pinned))]  # the oldest
+            self._pinned[key] = pinned
+        return pinned
+
+    def _snapshot(self, table: Table, version: int | None = None) -> DeltaTable | None:
+        return self._current(table) if version is None else self._at_version(table, version)
+
+    def _open(self, table: Table, version: int | None = None) -> DeltaTable:
+        dt = self._snapshot(table, version)
+        if dt is None:
+            raise LakeError(f"table {table.name} does not exist yet in {self.root}")
+        return dt
 
     def exists(self, table: Table) -> bool:
-        try:
-            self._open(table)
-        except LakeError:
-            return False
-        return True
+        # Nothing here deletes a table, so one seen once still exists; a first check opens
+        # the table for the reads that follow.
+        return table.name in self._latest or self._current(table) is not None
 
     def version(self, table: Table) -> int | None:
-        return self._open(table).version() if self.exists(table) else None
+        dt = self._current(table)
+        return None if dt is None else dt.version()
 
     # -- writing ----------------------------------------------------------------
     def write_partitions(
@@ -120,9 +176,12 @@ class Lake:
         metadata = lineage.to_metadata() | {_META_PREFIX + "commit_token": token,
                                             _META_PREFIX + "partitions": json.dumps(days)}
         for attempt in range(1, max_attempts + 1):
+            # Up to date right before the write, as a fresh open would be: the overwrite
+            # removes the files of ``days`` in that snapshot. A new table is created by URI.
+            current = self._current(table)
             try:
                 write_deltalake(
-                    self.uri(table),
+                    self.uri(table) if current is None else current,
                     data,
                     partition_by=[PARTITION_COLUMN],
                     mode="overwrite",
@@ -168,7 +227,7 @@ class Lake:
         from sluice.storage import filesystem
 
         fs, base = filesystem(self.settings, f"{self.root}/{table.name}/_delta_log")
-        latest = self._open(table).version()
+        latest = self._open(table).version()  # at or after our commit
         for version in range(latest, max(latest - 200, -1), -1):
             with fs.open_input_stream(f"{base}/{version:020d}.json") as f:
                 if token.encode() in f.read():
@@ -201,54 +260,60 @@ class Lake:
         return result.select(target.names).cast(target)
 
     def partitions(self, table: Table, *, version: int | None = None) -> list[str]:
-        if not self.exists(table):
-            return []
-        return sorted({p[PARTITION_COLUMN] for p in self._open(table, version).partitions()})
+        dt = self._snapshot(table, version)
+        return [] if dt is None else sorted({p[PARTITION_COLUMN] for p in dt.partitions()})
 
     def has_partition(self, table: Table, ds: str) -> bool:
         return check_day(ds) in self.partitions(table)
 
     def partition_rows(self, table: Table, *, version: int | None = None) -> dict[str, int]:
         """Row count of every partition, from the log's file statistics (no data read)."""
-        if not self.exists(table):
-            return {}
-        actions = self._open(table, version).get_add_actions(flatten=True)
-        counts: dict[str, int] = {}
-        names = actions.column_names
-        part_col = next(n for n in names if n.endswith(PARTITION_COLUMN) and n.startswith("partition"))
-        for ds, rows in zip(actions.column(part_col).to_pylist(), actions.column("num_records").to_pylist()):
-            counts[ds] = counts.get(ds, 0) + int(rows or 0)
-        return dict(sorted(counts.items()))
+        dt = self._snapshot(table, version)
+        return {} if dt is None else _partition_rows(dt)
 
     def history(self, table: Table, limit: int | None = None) -> list[dict[str, Any]]:
         return self._open(table).history(limit=limit)
 
     def lineage(self, table: Table, version: int | None = None) -> Lineage | None:
         """Lineage recorded in the commit that produced ``version`` (default: latest)."""
-        dt = self._open(table)
-        target = dt.version() if version is None else version
-        for entry in dt.history():
-            if int(entry["version"]) == target:
-                return Lineage.from_metadata(entry)
-        return None
+        return _lineage(self._open(table), version)
 
     def status(self, tables: Sequence[Table] = ALL_TABLES) -> list[TableStatus]:
         out = []
         for table in tables:
-            if not self.exists(table):
+            dt = self._current(table)  # one snapshot per table: the figures agree with each other
+            if dt is None:
                 out.append(TableStatus(table.name, None, 0, None, 0, 0, None))
                 continue
-            rows = self.partition_rows(table)
+            rows = _partition_rows(dt)
             latest = max(rows) if rows else None
             out.append(
                 TableStatus(
                     table=table.name,
-                    version=self.version(table),
+                    version=dt.version(),
                     partitions=len(rows),
                     latest_partition=latest,
                     rows_latest_partition=rows.get(latest, 0) if latest else 0,
                     rows_total=sum(rows.values()),
-                    last_commit=self.lineage(table),
+                    last_commit=_lineage(dt, None),
                 )
             )
         return out
+
+
+def _partition_rows(dt: DeltaTable) -> dict[str, int]:
+    actions = dt.get_add_actions(flatten=True)
+    counts: dict[str, int] = {}
+    names = actions.column_names
+    part_col = next(n for n in names if n.endswith(PARTITION_COLUMN) and n.startswith("partition"))
+    for ds, rows in zip(actions.column(part_col).to_pylist(), actions.column("num_records").to_pylist()):
+        counts[ds] = counts.get(ds, 0) + int(rows or 0)
+    return dict(sorted(counts.items()))
+
+
+def _lineage(dt: DeltaTable, version: int | None) -> Lineage | None:
+    target = dt.version() if version is None else version
+    for entry in dt.history():
+        if int(entry["version"]) == target:
+            return Lineage.from_metadata(entry)
+    return None

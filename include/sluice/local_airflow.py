@@ -19,10 +19,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,54 @@ def json_output(text: str) -> list | dict:
         if line.startswith(("[", "{")):
             return json.loads(line)
     return []
+
+
+# Every finished earlier try that did not succeed: Airflow archives each try in
+# task_instance_history (a sensor's reschedule is not a try; a successful try archived by a
+# re-run, clear or backfill, is no retry). Plain SQL for SQLite and PostgreSQL alike.
+RETRIED_TRIES_SQL = (
+    "SELECT dag_id, run_id, task_id, map_index, try_number, state FROM task_instance_history"
+    " WHERE state IS NULL OR state != 'success' ORDER BY dag_id, run_id, task_id, try_number"
+)
+
+
+def describe_retried_tries(rows: Iterable[Sequence[Any]], logs: Path, tail: int = 40) -> list[str]:
+    """Rows of RETRIED_TRIES_SQL, each with the end of its log under ``logs`` (Airflow's layout)."""
+    out = []
+    for dag_id, run_id, task_id, map_index, attempt, state in rows:
+        out.append(f"{dag_id} {run_id} {task_id}[{map_index}] try {attempt}: {state}")
+        folder = logs / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        for log_file in sorted(folder.glob(f"**/attempt={attempt}.log")):
+            lines = log_file.read_text(errors="replace").splitlines()[-tail:]
+            out.append(f"--- {log_file} (last {len(lines)} lines)")
+            out.extend(lines)
+    return out
+
+
+def wait_for_finished_runs(
+    dag_id: str,
+    expected: int,
+    list_runs: Callable[[], list[dict]],
+    *,
+    check_alive: Callable[[], None],
+    retried_tries: Callable[[], list[str]],
+    timeout: float,
+    poll: float,
+) -> list[dict]:
+    """Wait until ``expected`` runs of ``dag_id`` exist and all have finished (LocalAirflow and the twin)."""
+    deadline = time.monotonic() + timeout
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        check_alive()
+        runs = list_runs()
+        if len(runs) >= expected and all(r["state"] in TERMINAL for r in runs):
+            retried = retried_tries()
+            if retried:  # succeeded in the end, but a retry hides its cause: show it
+                log.warning("tasks that needed a retry so far:\n%s", "\n".join(retried))
+            return runs
+        time.sleep(poll)
+    states = {r.get("run_id") or r.get("dag_run_id"): r["state"] for r in runs}
+    raise TimeoutError(f"{dag_id}: runs not finished after {timeout}s: {states}")
 
 
 def free_port() -> int:
@@ -296,19 +345,8 @@ class LocalAirflow:
         if not db.exists():
             return []
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=120)) as conn:
-            rows = conn.execute(  # a successful try archived by a re-run (clear, backfill) is no retry
-                "SELECT dag_id, run_id, task_id, map_index, try_number, state FROM task_instance_history"
-                " WHERE state IS NULL OR state != 'success' ORDER BY dag_id, run_id, task_id, try_number"
-            ).fetchall()
-        out = []
-        for dag_id, run_id, task_id, map_index, attempt, state in rows:
-            out.append(f"{dag_id} {run_id} {task_id}[{map_index}] try {attempt}: {state}")
-            folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-            for log_file in sorted(folder.glob(f"**/attempt={attempt}.log")):
-                lines = log_file.read_text(errors="replace").splitlines()[-tail:]
-                out.append(f"--- {log_file.relative_to(self.home)} (last {len(lines)} lines)")
-                out.extend(lines)
-        return out
+            rows = conn.execute(RETRIED_TRIES_SQL).fetchall()
+        return describe_retried_tries(rows, self.home / "logs", tail)
 
     def trigger(self, dag_id: str, conf: Mapping[str, object] | None = None, run_id: str | None = None) -> str:
         args = ["dags", "trigger", dag_id, "-o", "json"]
@@ -326,16 +364,7 @@ class LocalAirflow:
         self, dag_id: str, expected: int, timeout: float = 900, poll: float = 5
     ) -> list[dict]:
         """Wait until ``expected`` runs of ``dag_id`` exist and all have finished."""
-        deadline = time.monotonic() + timeout
-        runs: list[dict] = []
-        while time.monotonic() < deadline:
-            self.check_alive()
-            runs = self.runs(dag_id)
-            if len(runs) >= expected and all(r["state"] in TERMINAL for r in runs):
-                retried = self.retried_tries()
-                if retried:  # succeeded in the end, but a retry hides its cause: show it
-                    log.warning("tasks that needed a retry so far:\n%s", "\n".join(retried))
-                return runs
-            time.sleep(poll)
-        states = {r["run_id"]: r["state"] for r in runs}
-        raise TimeoutError(f"{dag_id}: runs not finished after {timeout}s: {states}")
+        return wait_for_finished_runs(
+            dag_id, expected, lambda: self.runs(dag_id), check_alive=self.check_alive,
+            retried_tries=self.retried_tries, timeout=timeout, poll=poll,
+        )
