@@ -136,6 +136,35 @@ def paired_bootstrap(
     return diff, float(lo), float(hi)
 
 
+# -- reasons ----------------------------------------------------------------------------
+def decimals_apart(*pairs: tuple[float, float], least: int = 4, most: int = 30) -> int:
+    """The fewest decimals, at least ``least``, at which no two different numbers of a pair look equal.
+
+    A gap of 0.00196 against a margin of 0.002 prints as +0.0020 and +0.0020 with four
+    decimals, and a reason that says "improves by +0.0020, needs >= +0.0020" reads as a
+    pass. Numbers that are equal may print equal; -0.0000 and +0.0000 count as equal.
+    """
+    for places in range(least, most):
+        if all(a == b or float(f"{a:.{places}f}") != float(f"{b:.{places}f}") for a, b in pairs):
+            return places
+    return most
+
+
+def improvement_reason(metric: str, diff: float, lo: float, hi: float, margin: float, ok: bool) -> str:
+    """The improvement check in words, with enough decimals for both of its comparisons to show."""
+    places = decimals_apart((diff, margin), (lo, 0.0))
+
+    def num(x: float) -> str:
+        return f"{x:+.{places}f}"
+
+    verdict = (
+        "above the margin with an interval that excludes zero"
+        if ok
+        else f"needs >= {num(margin)} with the interval above zero"
+    )
+    return f"{metric} improves by {num(diff)} (CI {num(lo)} .. {num(hi)}), {verdict}"
+
+
 # -- the gate ---------------------------------------------------------------------------
 def decide(
     y: np.ndarray,
@@ -175,12 +204,7 @@ def decide(
             Check(
                 "improvement",
                 ok,
-                f"{m} improves by {diff:+.4f} (CI {lo:+.4f} .. {hi:+.4f}), "
-                + (
-                    "above the margin with an interval that excludes zero"
-                    if ok
-                    else f"needs >= {policy.min_improvement:+.4f} with the interval above zero"
-                ),
+                improvement_reason(m, diff, lo, hi, policy.min_improvement, ok),
                 {"metric": m, "difference": diff, "ci_low": lo, "ci_high": hi, "margin": policy.min_improvement,
                  "challenger": chal_metrics[m], "champion": champ_metrics[m], "confidence": policy.confidence},
             )
