@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,7 +24,7 @@ from psycopg2 import sql
 
 from sluice import pipeline, promotions
 from sluice.lake import Lake
-from sluice.local_airflow import LocalAirflow, free_port
+from sluice.local_airflow import LocalAirflow, free_port, json_output
 from sluice.registry import CHAMPION, Registry
 from sluice.settings import load_settings
 from sluice.tables import (
@@ -252,3 +253,51 @@ def test_drift_is_reported_after_the_switch_not_before_and_triggers_one_early_re
     assert lake.partitions(EARLY_RETRAINS) == [trigger_day]
     decisions = lake.read_partition(MODEL_DECISIONS, trigger_day).to_pylist()
     assert [d["run_id"] for d in decisions] == [f"early_retrain__{trigger_day}"], "the early retrain was gated"
+
+
+def _utc(text: str) -> dt.datetime:
+    moment = dt.datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _task_instances(airflow: LocalAirflow, dag_id: str, run_id: str) -> dict[str, dict]:
+    rows = json_output(airflow.cli("tasks", "states-for-dag-run", dag_id, run_id, "-o", "json").stdout)
+    return {row["task_id"]: row for row in rows}
+
+
+def test_scoring_waits_for_the_retraining_that_takes_effect_on_its_day(stack) -> None:
+    """batch_score D must not resolve its model while a weekly_retrain run decided as of D-1 is
+    still queued: that run's promotion would make D's champion. Here the retraining stays
+    queued (its DAG is paused) until the test lets it run; scoring starts only after it."""
+    airflow, settings = stack
+    day, decided = "2026-05-15", "2026-05-14"
+    airflow.cli("dags", "pause", "weekly_retrain")
+    try:
+        retrain_run = airflow.trigger(
+            "weekly_retrain", conf={"partition_day": decided, "dry_run": True}, run_id=f"early_retrain__{decided}"
+        )
+        score_run = airflow.trigger("batch_score", conf={"partition_day": day})
+        deadline = time.monotonic() + 600
+        while True:  # the sensor has looked and found the retraining pending
+            tis = _task_instances(airflow, "batch_score", score_run)
+            if tis["wait_for_retraining"]["state"] == "up_for_reschedule":
+                break
+            assert tis["wait_for_retraining"]["state"] in (None, "None", "", "scheduled", "queued", "running"), tis
+            assert time.monotonic() < deadline, tis
+            time.sleep(5)
+        time.sleep(30)  # more than one scheduler loop: still nothing scored
+        tis = _task_instances(airflow, "batch_score", score_run)
+        assert tis["score_customers"]["state"] in (None, "None", ""), tis
+        assert tis["wait_for_retraining"]["state"] == "up_for_reschedule", tis
+    finally:
+        airflow.cli("dags", "unpause", "weekly_retrain")
+
+    runs = airflow.wait_for_runs("batch_score", len(SCORE_DAYS) + 1, timeout=1200)
+    assert {r["run_id"]: r["state"] for r in runs}[score_run] == "success"
+    retrain = {r["run_id"]: r for r in airflow.runs("weekly_retrain")}[retrain_run]
+    assert retrain["state"] == "success", retrain
+    scored = _task_instances(airflow, "batch_score", score_run)["score_customers"]
+    assert _utc(scored["start_date"]) >= _utc(retrain["end_date"]), (scored, retrain)
+    lake = Lake(settings)
+    predictions = lake.read_partition(PREDICTIONS_CHURN, day).to_pandas()
+    assert set(predictions["model_version"]) == {promotions.champion_on(lake, dt.date.fromisoformat(day))}
