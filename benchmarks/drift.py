@@ -90,7 +90,7 @@ def setup(lake: str, rows: int, reference_days: int) -> dict:
     from sluice import train as T
     from sluice.lake import Lake
     from sluice.lineage import RunContext
-    from sluice.score import scores_frame
+    from sluice.score import churn_scores, predictions_table
     from sluice.tables import FEATURES_CUSTOMER_DAILY, PREDICTIONS_CHURN
 
     lake_ = Lake(_settings(lake))
@@ -107,10 +107,9 @@ def setup(lake: str, rows: int, reference_days: int) -> dict:
             booster.save_model(str(root / "model.txt"))
         elif ds == D.isoformat():
             fv = lake_.version(FEATURES_CUSTOMER_DAILY)
-            scored = scores_frame(frame, T.FittedModel.from_booster(booster), "1", fv)
-            lake_.write_partition(PREDICTIONS_CHURN, ds, pa.Table.from_pandas(
-                scored[PREDICTIONS_CHURN.columns], schema=PREDICTIONS_CHURN.schema, preserve_index=False),
-                ctx.lineage(ds, {}))
+            scores = churn_scores(T.FittedModel.from_booster(booster), table)
+            lake_.write_partition(PREDICTIONS_CHURN, ds, predictions_table(table.column("customer_id"), scores, "1", fv, ds),
+                                  ctx.lineage(ds, {}))
     return {"reference_days": ref_days, "feature_version": lake_.version(FEATURES_CUSTOMER_DAILY)}
 
 

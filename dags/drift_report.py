@@ -38,11 +38,17 @@ import datetime as dt
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Asset, dag, get_current_context, task
 
-from sluice.orchestration import DEFAULT_ARGS, START_DATE, daily, partition_day_param
+from sluice.orchestration import (
+    DEFAULT_ARGS,
+    RETRAIN_DAG_ID,
+    START_DATE,
+    daily,
+    early_retrain_run_id,
+    partition_day_param,
+)
 from sluice.tables import DRIFT_HISTORY, PERFORMANCE_HISTORY, PREDICTIONS_CHURN
 
 ALERT_WEBHOOK = "sluice_alert_webhook"
-RETRAIN_DAG_ID = "weekly_retrain"
 _DS = "{{ ti.xcom_pull(task_ids='build_drift_report')['ds'] }}"
 
 
@@ -112,7 +118,7 @@ def drift_report():
     trigger_weekly_retrain = TriggerDagRunOperator(
         task_id="trigger_weekly_retrain",
         trigger_dag_id=RETRAIN_DAG_ID,
-        trigger_run_id=f"early_retrain__{_DS}",  # one per day: a re-run finds it and skips
+        trigger_run_id=early_retrain_run_id(_DS),  # one per day: a re-run finds it and skips
         conf={"partition_day": _DS},
         logical_date=None,  # not a weekly interval: weekly_retrain reads the day from its param
         skip_when_already_exists=True,
@@ -128,7 +134,7 @@ def drift_report():
         decision = ti.xcom_pull(task_ids="decide_early_retrain", key="decision")
         return record_early_retrain(
             runtime_settings(), partition_day(context), run_context(context), decision, RETRAIN_DAG_ID,
-            f"early_retrain__{decision['ds']}",
+            early_retrain_run_id(decision["ds"]),
         )
 
     drift = build_drift_report()

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from sluice.cluster import interpolate_tree
+from sluice.compose_vars import interpolate_tree
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:

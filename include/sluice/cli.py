@@ -240,6 +240,7 @@ def _model(args: argparse.Namespace) -> int:
     decisions = (
         sorted(lake.read_table(MODEL_DECISIONS).to_pylist(), key=lambda r: (r["ds"], r["recorded_at"])) if lake.exists(MODEL_DECISIONS) else []
     )
+    history = promotions.history(lake)
     report = {
         "model": settings.model_name,
         "aliases": aliases,
@@ -248,7 +249,7 @@ def _model(args: argparse.Namespace) -> int:
             for v in registry.versions()
         ],
         "last_decision": {k: v for k, v in decisions[-1].items() if k != "decision_json"} if decisions else None,
-        "promotions": promotions.history(lake),
+        "promotions": history,
     }
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -258,10 +259,10 @@ def _model(args: argparse.Namespace) -> int:
         print(f"  @{alias:18} v{aliases[alias]}" if alias in aliases else f"  @{alias:18} -")
     if decisions:
         d = decisions[-1]
-        verdict = "promoted" if d["promoted"] else ("would promote (dry run)" if d["promote"] else "not promoted")
-        print(f"last decision {d['ds']}: v{d['model_version']} vs champion v{d['champion_version']}: {verdict}")
+        print(f"last decision {d['ds']}: v{d['model_version']} vs champion v{d['champion_version']}: "
+              f"{promotions.verdict(d)}")
         print(f"  reason: {d['reason']}")
-    for row in promotions.history(lake):
+    for row in history:
         was = f"v{row['previous_version']}" if row["previous_version"] else "no champion"
         decided = f", decided as of {row['decision_ds']}" if row.get("decision_ds") else ""
         print(f"  champion from {row['ds']}: v{row['model_version']} (was {was}{decided})"

@@ -101,7 +101,7 @@ def wait_for_finished_runs(
                 log.warning("tasks that needed a retry so far:\n%s", "\n".join(retried))
             return runs
         time.sleep(poll)
-    states = {r.get("run_id") or r.get("dag_run_id"): r["state"] for r in runs}
+    states = {r["run_id"]: r["state"] for r in runs}
     raise TimeoutError(f"{dag_id}: runs not finished after {timeout}s: {states}")
 
 

@@ -93,8 +93,12 @@ def partition_ready(table_name: str, day: dt.date) -> bool:
 
 
 RETRAIN_DAG_ID = "weekly_retrain"
-EARLY_RETRAIN_RUN_PREFIX = "early_retrain__"
 UNFINISHED = ("queued", "running")
+
+
+def early_retrain_run_id(ds: str) -> str:
+    """The run id of the weekly_retrain run drift_report triggers for day ``ds`` (one per day)."""
+    return f"early_retrain__{ds}"
 
 
 def retrain_runs_taking_effect_on(day: dt.date) -> tuple[list[dt.datetime], list[str]]:
@@ -106,7 +110,7 @@ def retrain_runs_taking_effect_on(day: dt.date) -> tuple[list[dt.datetime], list
     if as_of.weekday() == 6:
         monday = as_of - dt.timedelta(days=6)
         logical_dates.append(dt.datetime(monday.year, monday.month, monday.day, tzinfo=dt.UTC))
-    return logical_dates, [f"{EARLY_RETRAIN_RUN_PREFIX}{as_of.isoformat()}"]
+    return logical_dates, [early_retrain_run_id(as_of.isoformat())]
 
 
 def retraining_settled(ti: Any, day: dt.date) -> bool:

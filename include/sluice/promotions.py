@@ -17,6 +17,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from sluice.lake import Lake
 from sluice.lineage import RunContext
@@ -55,6 +57,15 @@ def record_promotion(
         PARTITION_COLUMN: ds,
     }
     return lake.upsert_rows(MODEL_PROMOTIONS, ds, [row], "run_id", ctx.lineage(ds, {}))
+
+
+def verdict(decision: Mapping[str, Any]) -> str:
+    """A row of ``models/decisions`` in words: what the gate decided and what was done."""
+    if decision["dry_run"]:
+        return "dry run: would promote" if decision["promote"] else "dry run: would not promote"
+    if decision["promoted"]:
+        return "promoted (forced)" if decision["forced"] else "promoted"
+    return "not promoted"
 
 
 def history(lake: Lake) -> list[dict]:

@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -37,10 +36,6 @@ def band_index(scores: np.ndarray) -> np.ndarray:
     for bound, _ in RISK_BANDS[:-1]:
         index += scores >= bound  # NaN clears none: "low"
     return index
-
-
-def risk_band(scores: np.ndarray) -> np.ndarray:
-    return np.array(_BAND_NAMES, dtype=object)[band_index(scores)]
 
 
 def resolve_model(settings: Settings, lake: Lake, day: dt.date, use_current_champion: bool) -> str:
@@ -85,21 +80,6 @@ def churn_scores(model: FittedModel, features: pa.Table) -> np.ndarray:
     categories = dict(zip(categorical, trained, strict=True)) if trained is not None else CATEGORIES
     matrix = feature_matrix(features, categories)
     return np.asarray(model.booster.predict(matrix, num_iteration=model.best_iteration))
-
-
-def scores_frame(features: pd.DataFrame, model: FittedModel, version: str, feature_version: int) -> pd.DataFrame:
-    """Pure: the predictions rows for a features frame (pandas twin of ``churn_scores`` + ``predictions_table``)."""
-    scores = model.predict(features)
-    return pd.DataFrame(
-        {
-            "customer_id": features["customer_id"].to_numpy(),
-            "score": scores,
-            "risk_band": risk_band(scores),
-            "model_version": version,
-            "feature_table_version": feature_version,
-            PARTITION_COLUMN: features[PARTITION_COLUMN].to_numpy(),
-        }
-    )
 
 
 def predictions_table(

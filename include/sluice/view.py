@@ -139,14 +139,16 @@ def warm_up(settings: Settings) -> None:
     registry_aliases(settings)
 
 
-def champion(settings: Settings, aliases: Mapping[str, str] | None = None) -> dict[str, Any]:
+def champion(
+    settings: Settings, aliases: Mapping[str, str] | None = None, lake: Lake | None = None
+) -> dict[str, Any]:
     """The champion now (registry alias), and every promotion, newest first."""
     from sluice import promotions
     from sluice.registry import CHALLENGER, CHAMPION, PREVIOUS
 
     aliases = registry_aliases(settings) if aliases is None else aliases
     history = []
-    for row in reversed(promotions.history(Lake(settings))):
+    for row in reversed(promotions.history(lake or Lake(settings))):
         row = _plain(row)
         row["since"] = row.pop(PARTITION_COLUMN)
         row["decision_anchor"] = anchor("decision", row["decision_ds"], row["run_id"]) if row["decision_ds"] else None
@@ -161,17 +163,11 @@ def champion(settings: Settings, aliases: Mapping[str, str] | None = None) -> di
     }
 
 
-def verdict(row: Mapping[str, Any]) -> str:
-    if row["dry_run"]:
-        return "dry run: would promote" if row["promote"] else "dry run: would not promote"
-    if row["promoted"]:
-        return "promoted (forced)" if row["forced"] else "promoted"
-    return "not promoted"
-
-
-def decisions(settings: Settings) -> list[dict[str, Any]]:
+def decisions(settings: Settings, lake: Lake | None = None) -> list[dict[str, Any]]:
     """Every gate decision, newest first, with its checks, their numbers and reasons."""
-    lake = Lake(settings)
+    from sluice import promotions
+
+    lake = lake or Lake(settings)
     if not lake.exists(MODEL_DECISIONS):
         return []
     rows = sorted(lake.read_table(MODEL_DECISIONS).to_pylist(), key=lambda r: (r[PARTITION_COLUMN], r["recorded_at"]))
@@ -179,7 +175,7 @@ def decisions(settings: Settings) -> list[dict[str, Any]]:
     for row in reversed(rows):
         record = json.loads(row["decision_json"] or "{}")
         item = _plain({k: v for k, v in row.items() if k != "decision_json"})
-        item["verdict"] = verdict(row)
+        item["verdict"] = promotions.verdict(row)
         item["anchor"] = anchor("decision", row[PARTITION_COLUMN], row["run_id"])
         item["forced_reason"] = record.get("forced_reason")
         item["reasons"] = list(record.get("reasons") or [])
@@ -201,12 +197,12 @@ def report_path(ds: str, name: str = "report.html") -> str:
     return f"reports/{check_day(ds)}/{name}"
 
 
-def drift_history(settings: Settings) -> dict[str, Any]:
+def drift_history(settings: Settings, lake: Lake | None = None) -> dict[str, Any]:
     """The drift share of every reported day, oldest first, with a link to its report."""
     from sluice.drift import load_policy
 
     policy = load_policy()
-    lake = Lake(settings)
+    lake = lake or Lake(settings)
     rows = sorted(lake.read_table(DRIFT_HISTORY).to_pylist(), key=lambda r: r[PARTITION_COLUMN]) if lake.exists(DRIFT_HISTORY) else []
     days = []
     for row in rows:
@@ -217,12 +213,12 @@ def drift_history(settings: Settings) -> dict[str, Any]:
     return {"threshold": policy.drift_share_threshold, "days": days}
 
 
-def performance_history(settings: Settings) -> dict[str, Any]:
+def performance_history(settings: Settings, lake: Lake | None = None) -> dict[str, Any]:
     """Realised ROC-AUC / PR-AUC of every scored day whose labels matured, oldest first."""
     from sluice.drift import load_policy
 
     policy = load_policy()
-    lake = Lake(settings)
+    lake = lake or Lake(settings)
     rows = (
         sorted(lake.read_table(PERFORMANCE_HISTORY).to_pylist(), key=lambda r: r[PARTITION_COLUMN])
         if lake.exists(PERFORMANCE_HISTORY) else []
@@ -230,10 +226,10 @@ def performance_history(settings: Settings) -> dict[str, Any]:
     return {"roc_auc_floor": policy.performance_roc_auc_floor, "days": [_plain(r) for r in rows]}
 
 
-def freshness(settings: Settings) -> list[dict[str, Any]]:
+def freshness(settings: Settings, lake: Lake | None = None) -> list[dict[str, Any]]:
     """Every table of the lake: Delta version, latest partition and its rows, the last writer."""
     out = []
-    for status in Lake(settings).status():
+    for status in (lake or Lake(settings)).status():
         item = asdict(status)
         commit = item.pop("last_commit")
         item["last_commit"] = (
@@ -253,18 +249,22 @@ def _section(name: str, build: Callable[[], Any]) -> dict[str, Any]:
 
 
 def overview(settings: Settings, now: dt.datetime | None = None) -> dict[str, Any]:
-    """All the view shows, section by section (each either ``data`` or an ``error``)."""
+    """All the view shows, section by section (each either ``data`` or an ``error``).
+
+    One ``Lake`` for the whole page: each table is opened once (freshness opens them all).
+    """
+    lake = Lake(settings)
     aliases = _section("registry", lambda: registry_aliases(settings))
     return {
         "generated_at": _iso(now or dt.datetime.now(dt.UTC)),  # when the page was built: display only
         "lake_uri": settings.lake_uri,
         "model_name": settings.model_name,
         "registry": aliases,
-        "champion": _section("champion", lambda: champion(settings, aliases["data"] if aliases["ok"] else {})),
-        "decisions": _section("decisions", lambda: decisions(settings)),
-        "drift": _section("drift", lambda: drift_history(settings)),
-        "performance": _section("performance", lambda: performance_history(settings)),
-        "freshness": _section("freshness", lambda: freshness(settings)),
+        "champion": _section("champion", lambda: champion(settings, aliases["data"] if aliases["ok"] else {}, lake)),
+        "decisions": _section("decisions", lambda: decisions(settings, lake)),
+        "drift": _section("drift", lambda: drift_history(settings, lake)),
+        "performance": _section("performance", lambda: performance_history(settings, lake)),
+        "freshness": _section("freshness", lambda: freshness(settings, lake)),
     }
 
 

@@ -26,11 +26,9 @@ from sluice.cluster import (
     WORKER_ONLY,
     Cluster,
     Compose,
-    InterpolationError,
-    interpolate,
     map_hosts,
-    read_dotenv,
 )
+from sluice.compose_vars import InterpolationError, interpolate, read_dotenv
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_SECRETS = ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY")

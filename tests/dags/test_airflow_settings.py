@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from sluice.airflow_settings import apply, connection_fields, load
-from sluice.cluster import Compose, InterpolationError
+from sluice.cluster import Compose
+from sluice.compose_vars import InterpolationError
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ROOT / "airflow_settings.yaml"

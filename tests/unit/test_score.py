@@ -15,7 +15,7 @@ from sluice import score as S
 from sluice.features import CATEGORICAL, FEATURE_COLUMNS
 from sluice.lake import Lake
 from sluice.lineage import RunContext
-from sluice.score import NoChampion, resolve_model, risk_band, scores_frame
+from sluice.score import NoChampion, resolve_model
 from sluice.tables import FEATURES_CUSTOMER_DAILY, PREDICTIONS_CHURN
 from sluice.train import CATEGORIES, DEFAULT_PARAMS, FittedModel, model_matrix
 
@@ -26,23 +26,17 @@ DS = "2026-02-10"
     ("score", "band"), [(0.0, "low"), (0.1999, "low"), (0.2, "medium"), (0.4999, "medium"), (0.5, "high"), (1.0, "high")]
 )
 def test_risk_band_boundaries(score: float, band: str) -> None:
-    assert risk_band(np.array([score]))[0] == band
     assert S.predictions_table(pa.chunked_array([[1]]), np.array([score]), "1", 1, DS)["risk_band"].to_pylist() == [band]
 
 
-def test_a_nan_score_is_low_on_both_paths() -> None:
+def test_a_nan_score_is_low() -> None:
     scores = np.array([np.nan, 0.7])
-    assert risk_band(scores).tolist() == ["low", "high"]
     assert S.predictions_table(pa.chunked_array([[1, 2]]), scores, "1", 1, DS)["risk_band"].to_pylist() == ["low", "high"]
 
 
-def test_scores_frame_carries_model_and_feature_versions() -> None:
-    class Constant:
-        def predict(self, features: pd.DataFrame) -> np.ndarray:
-            return np.linspace(0, 1, len(features))
-
-    features = pd.DataFrame({"customer_id": [7, 8, 9], "ds": "2026-02-10"})
-    frame = scores_frame(features, Constant(), "5", 42)  # type: ignore[arg-type]
+def test_predictions_carry_model_and_feature_versions() -> None:
+    table = S.predictions_table(pa.chunked_array([[7, 8, 9]]), np.linspace(0, 1, 3), "5", 42, "2026-02-10")
+    frame = table.to_pandas()
     assert frame["customer_id"].tolist() == [7, 8, 9]
     assert frame["risk_band"].tolist() == ["low", "high", "high"]
     assert set(frame["model_version"]) == {"5"} and set(frame["feature_table_version"]) == {42}
@@ -169,7 +163,14 @@ def test_score_day_writes_what_the_pandas_path_would(settings, tiny_model: Fitte
     result = S.score_day(settings, dt.date.fromisoformat(DS), ctx)
 
     feature_version = lake.version(FEATURES_CUSTOMER_DAILY)
-    expected = scores_frame(features.to_pandas(), tiny_model, "4", feature_version)
+    # The oracle: the pandas path (FittedModel.predict on a frame), bands by their bounds.
+    frame = features.to_pandas()
+    scores = tiny_model.predict(frame)
+    expected = pd.DataFrame({
+        "customer_id": frame["customer_id"], "score": scores,
+        "risk_band": np.select([scores >= 0.5, scores >= 0.2], ["high", "medium"], "low"),
+        "model_version": "4", "feature_table_version": feature_version, "ds": frame["ds"],
+    })
     written = lake.read_partition(PREDICTIONS_CHURN, DS).to_pandas()
     pd.testing.assert_frame_equal(written, expected[PREDICTIONS_CHURN.columns], check_exact=True)
     lineage = lake.lineage(PREDICTIONS_CHURN, result["predictions_version"])

@@ -172,7 +172,7 @@ def test_drift_and_performance_histories_are_oldest_first_with_report_links(reco
 
 
 def test_a_failing_section_shows_its_error_and_the_others_still_render(recorded, monkeypatch) -> None:
-    def broken(settings: Settings) -> dict:
+    def broken(settings: Settings, lake: object = None) -> dict:
         raise OSError("object store unreachable")
 
     monkeypatch.setattr(view, "drift_history", broken)
