@@ -41,6 +41,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -756,10 +757,19 @@ class Cluster:
             raise ClusterError(f"{name} failed ({proc.returncode}):\n{self._tail(name)}")
         return True
 
+    @cached_property
+    def _metadata_url(self) -> str:
+        """Airflow's metadata DB (the local server: no port of the twin's in it), derived once:
+        the readiness loops and every `sql()` would otherwise re-read .env and the secrets."""
+        return self.service_env("airflow-scheduler")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+    @cached_property
+    def _broker_url(self) -> str:
+        return self.service_env("airflow-scheduler")["AIRFLOW__CELERY__BROKER_URL"]
+
     def _pg_reachable(self) -> bool:
         try:
-            url = self.service_env("airflow-scheduler")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-            with closing(_connect_pg({**_pg_params(url), "dbname": "postgres", "connect_timeout": 3})):
+            with closing(_connect_pg({**_pg_params(self._metadata_url), "dbname": "postgres", "connect_timeout": 3})):
                 return True
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable yet"
             log.debug("postgres not reachable: %s", exc)
@@ -769,8 +779,7 @@ class Cluster:
         import redis
 
         try:
-            url = self.service_env("airflow-scheduler")["AIRFLOW__CELERY__BROKER_URL"]
-            return bool(redis.Redis.from_url(url, socket_timeout=3).ping())
+            return bool(redis.Redis.from_url(self._broker_url, socket_timeout=3).ping())
         except redis.RedisError:
             return False
 
@@ -788,7 +797,7 @@ class Cluster:
     def _workers_answer(self) -> bool:
         from celery import Celery
 
-        app = Celery(broker=self.service_env("airflow-worker")["AIRFLOW__CELERY__BROKER_URL"])
+        app = Celery(broker=self._broker_url)
         try:
             replies = app.control.ping(destination=self.worker_names(), timeout=2)
         finally:
@@ -812,8 +821,7 @@ class Cluster:
     # -- talking to it ----------------------------------------------------------------------------
     @contextmanager
     def metadata(self) -> Iterator[Any]:
-        url = self.service_env("airflow-scheduler")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-        conn = _connect_pg(_pg_params(url))
+        conn = _connect_pg(_pg_params(self._metadata_url))
         conn.autocommit = True
         try:
             yield conn

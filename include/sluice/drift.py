@@ -411,8 +411,11 @@ def put_object(settings: Settings, uri: str, data: bytes) -> None:
             out.write(data)
 
 
+REPORTS_PREFIX = "reports/drift"  # under the lake: the only files the Sluice view serves
+
+
 def report_uri(settings: Settings, ds: str, name: str = "report.html") -> str:
-    return f"{settings.lake_uri}/reports/drift/ds={check_day(ds)}/{name}"
+    return f"{settings.lake_uri}/{REPORTS_PREFIX}/ds={check_day(ds)}/{name}"
 
 
 def build_drift_report(

@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 # The files of one day's drift report that the view serves, and their media types.
 REPORT_FILES: dict[str, str] = {"report.html": "text/html; charset=utf-8", "report.json": "application/json"}
-REPORTS_PREFIX = "reports/drift"
 
 
 class ReportNotFound(LookupError):
@@ -379,16 +378,13 @@ def read_report(settings: Settings, ds: str, name: str = "report.html") -> bytes
     """
     from pyarrow import fs as pafs
 
-    from sluice.drift import report_uri
+    from sluice.drift import REPORTS_PREFIX, report_uri
     from sluice.storage import filesystem
 
-    check_day(ds)
+    uri = report_uri(settings, ds, name)  # checks ds
     if name not in REPORT_FILES:
         raise ReportNotFound(f"no report file {name!r}")
-    uri = report_uri(settings, ds, name)
     prefix = f"{settings.lake_uri}/{REPORTS_PREFIX}/"
-    if not uri.startswith(prefix):
-        raise ReportNotFound(f"{uri} is outside {prefix}")
     fs, path = filesystem(settings, uri)
     if isinstance(fs, pafs.LocalFileSystem):
         root = os.path.realpath(unquote(urlparse(prefix).path))
