@@ -198,6 +198,9 @@ class Lake:
                 # the table); our files are not visible, so simply try again.
                 if attempt == max_attempts:
                     raise
+                # The table object took part in the failed commit: its state is not to be
+                # trusted (seen: its refresh then stopped short of later commits). Re-open.
+                self._latest.pop(table.name, None)
                 log.warning("commit to %s conflicted (%s); retry %d", table.name, exc, attempt)
                 time.sleep(min(0.1 * attempt, 2.0) * (0.5 + random.random()))  # jitter: writers spread out
         version = self._version_of_commit(table, token)
@@ -227,11 +230,14 @@ class Lake:
         from sluice.storage import filesystem
 
         fs, base = filesystem(self.settings, f"{self.root}/{table.name}/_delta_log")
-        latest = self._open(table).version()  # at or after our commit
-        for version in range(latest, max(latest - 200, -1), -1):
-            with fs.open_input_stream(f"{base}/{version:020d}.json") as f:
-                if token.encode() in f.read():
-                    return version
+        for fresh in (False, True):
+            if fresh:  # the kept table object did not reach our commit: read the log anew
+                self._latest.pop(table.name, None)
+            latest = self._open(table).version()  # at or after our commit
+            for version in range(latest, max(latest - 200, -1), -1):
+                with fs.open_input_stream(f"{base}/{version:020d}.json") as f:
+                    if token.encode() in f.read():
+                        return version
         raise LakeError(f"commit {token} not found in the log of {table.name}")
 
     # -- reading ----------------------------------------------------------------
