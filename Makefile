@@ -34,9 +34,11 @@ test-e2e: install
 ## Both.
 test-all: test test-e2e
 
+## Ruff, mypy, then the import contracts of pyproject.toml [tool.importlinter] (the layers of include/sluice).
 lint: install
 	$(BIN)/ruff check include dags plugins tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 ## What is in the lake.
 status: install
@@ -59,11 +61,11 @@ bench: install
 
 ## The production topology (docker-compose.yaml) on this machine without Docker: docs/production.md.
 cluster: install
-	$(BIN)/python -m sluice.cluster up
+	$(BIN)/python -m sluice.ops.twin up
 
 ## Stop exactly what `make cluster` started (and drop the databases it created).
 cluster-down:
-	$(BIN)/python -m sluice.cluster down
+	$(BIN)/python -m sluice.ops.twin down
 
 clean:
 	rm -rf .airflow .lake .mlflow .pytest_cache

@@ -13,7 +13,7 @@ scores D into ``predictions/churn``.
 
 Then each variant runs in its own fresh process (so max RSS is its own), reading the
 lake, scoring the reference with the model, and producing the same Evidently report
-(``sluice.drift.run_report``: data drift of every feature, prediction drift, missing
+(``sluice.stages.drift.run_report``: data drift of every feature, prediction drift, missing
 values) including its HTML:
 
 * **evidently** (baseline): the whole reference window and all of D, as a notebook would.
@@ -56,7 +56,7 @@ def synthetic_features(n: int, ds: str, seed: int, *, drift: bool):
     import numpy as np
     import pandas as pd
 
-    from sluice.features import FEATURE_COLUMNS
+    from sluice.core.features import FEATURE_COLUMNS
     from sluice.tables import FEATURES_CUSTOMER_DAILY
 
     rng = np.random.default_rng(seed)
@@ -87,10 +87,10 @@ def setup(lake: str, rows: int, reference_days: int) -> dict:
     import lightgbm as lgb
     import pyarrow as pa
 
-    from sluice import train as T
-    from sluice.lake import Lake
-    from sluice.lineage import RunContext
-    from sluice.score import churn_scores, predictions_table
+    from sluice.core import train as T
+    from sluice.core.lineage import RunContext
+    from sluice.edges.lake import Lake
+    from sluice.stages.score import churn_scores, predictions_table
     from sluice.tables import FEATURES_CUSTOMER_DAILY, PREDICTIONS_CHURN
 
     lake_ = Lake(_settings(lake))
@@ -119,11 +119,11 @@ def measure(kind: str, lake: str, info: dict, sample: int, reference_sample: int
     import evidently.presets  # noqa: F401  (imports are not what is measured)
     import lightgbm as lgb
 
-    from sluice import drift
-    from sluice.features import FEATURE_COLUMNS
-    from sluice.lake import Lake
+    from sluice.core.features import FEATURE_COLUMNS
+    from sluice.core.train import FittedModel
+    from sluice.edges.lake import Lake
+    from sluice.stages import drift
     from sluice.tables import FEATURES_CUSTOMER_DAILY, PREDICTIONS_CHURN
-    from sluice.train import FittedModel
 
     rss_imports = peak_rss_kb()
     t0 = time.perf_counter()

@@ -41,8 +41,8 @@ def _settings(lake: Path, customers: int):
 
 def build_history(lake: Path, customers: int, days: int) -> list[float]:
     """Run the real steps for ``days`` days; returns the ETL seconds (contract + features) of each day."""
-    from sluice.lineage import RunContext
-    from sluice.pipeline import build_features_day, curate_day, ingest_day
+    from sluice.core.lineage import RunContext
+    from sluice.stages.etl import build_features_day, curate_day, ingest_day
 
     settings = _settings(lake, customers)
     ctx = RunContext("benchmark", "history")
@@ -62,10 +62,10 @@ def measure(kind: str, lake: Path, customers: int, day: dt.date) -> dict:
     import pandas as pd
     import pyarrow as pa
 
-    from sluice import features as F
-    from sluice.lake import Lake
-    from sluice.lineage import RunContext
-    from sluice.pipeline import build_features_day, curate_day, ingest_day
+    from sluice.core import features as F
+    from sluice.core.lineage import RunContext
+    from sluice.edges.lake import Lake
+    from sluice.stages.etl import build_features_day, curate_day, ingest_day
     from sluice.tables import CURATED_EVENTS, FEATURES_CUSTOMER_DAILY
 
     settings = _settings(lake, customers)

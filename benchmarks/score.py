@@ -80,13 +80,13 @@ def setup(root: Path, rows: int, customers: int, history: int) -> dict:
     import numpy as np
     import pyarrow as pa
 
-    from sluice import train as T
-    from sluice.lake import Lake
-    from sluice.lineage import RunContext
-    from sluice.pipeline import load_history
-    from sluice.promotions import record_promotion
-    from sluice.registry import Registry
-    from sluice.retrain import _model_requirements
+    from sluice.core import train as T
+    from sluice.core.lineage import RunContext
+    from sluice.edges.lake import Lake
+    from sluice.edges.registry import Registry
+    from sluice.stages.etl import load_history
+    from sluice.stages.promotions import record_promotion
+    from sluice.stages.retrain import _model_requirements
     from sluice.tables import FEATURES_CUSTOMER_DAILY as FEATURES
 
     settings = _settings(root, customers)
@@ -135,10 +135,10 @@ def measure(kind: str, root: Path, info: dict, out: Path) -> dict:
     import mlflow.store.tracking.sqlalchemy_store  # (both variants would import these lazily, timed)
     import pandas as pd
 
-    from sluice.features import CATEGORICAL, FEATURE_COLUMNS
-    from sluice.lake import Lake
-    from sluice.lineage import RunContext
-    from sluice.score import score_day
+    from sluice.core.features import CATEGORICAL, FEATURE_COLUMNS
+    from sluice.core.lineage import RunContext
+    from sluice.edges.lake import Lake
+    from sluice.stages.score import score_day
     from sluice.tables import FEATURES_CUSTOMER_DAILY
 
     settings = _settings(root)
@@ -177,7 +177,7 @@ def compare(root: Path, info: dict, out: Path) -> float:
     import numpy as np
     import pandas as pd
 
-    from sluice.lake import Lake
+    from sluice.edges.lake import Lake
     from sluice.tables import PREDICTIONS_CHURN
 
     ours = Lake(_settings(root)).read_partition(PREDICTIONS_CHURN, info["ds"]).to_pandas()

@@ -28,7 +28,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from sluice.orchestration import DEFAULT_ARGS, START_DATE, daily, partition_day_param
+from sluice.orchestration.context import DEFAULT_ARGS, START_DATE, daily, partition_day_param
 from sluice.tables import FEATURES_CUSTOMER_DAILY, PREDICTIONS_CHURN
 
 SCORES_POSTGRES = "sluice_scores_postgres"
@@ -56,13 +56,13 @@ SCORES_REDIS = "sluice_scores_redis"
 def batch_score():
     @task.sensor(poke_interval=30, timeout=dt.timedelta(hours=12), mode="reschedule")
     def wait_for_features() -> bool:
-        from sluice.orchestration import partition_day, partition_ready
+        from sluice.orchestration.context import partition_day, partition_ready
 
         return partition_ready(FEATURES_CUSTOMER_DAILY.name, partition_day(get_current_context()))
 
     @task.sensor(poke_interval=60, timeout=dt.timedelta(hours=12), mode="reschedule")
     def wait_for_retraining() -> bool:
-        from sluice.orchestration import partition_day, retraining_settled
+        from sluice.orchestration.context import partition_day, retraining_settled
 
         context = get_current_context()
         return retraining_settled(context["ti"], partition_day(context))
@@ -71,8 +71,8 @@ def batch_score():
     def score_customers() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from sluice.orchestration import partition_day, run_context, runtime_settings
-        from sluice.score import NoChampion, score_day
+        from sluice.orchestration.context import partition_day, run_context, runtime_settings
+        from sluice.stages.score import NoChampion, score_day
 
         context = get_current_context()
         try:
@@ -87,13 +87,13 @@ def batch_score():
 
     @task
     def publish_postgres(scored: dict) -> int:
-        from sluice.orchestration import publish_scores
+        from sluice.orchestration.context import publish_scores
 
         return publish_scores("postgres", SCORES_POSTGRES, scored["ds"])
 
     @task
     def publish_redis(scored: dict) -> int:
-        from sluice.orchestration import publish_scores
+        from sluice.orchestration.context import publish_scores
 
         return publish_scores("redis", SCORES_REDIS, scored["ds"])
 

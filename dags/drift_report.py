@@ -38,7 +38,7 @@ import datetime as dt
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Asset, dag, get_current_context, task
 
-from sluice.orchestration import (
+from sluice.orchestration.context import (
     DEFAULT_ARGS,
     RETRAIN_DAG_ID,
     START_DATE,
@@ -65,22 +65,22 @@ _DS = "{{ ti.xcom_pull(task_ids='build_drift_report')['ds'] }}"
 def drift_report():
     @task.sensor(poke_interval=60, timeout=dt.timedelta(hours=12), mode="reschedule")
     def wait_for_predictions() -> bool:
-        from sluice.orchestration import partition_day, partition_ready
+        from sluice.orchestration.context import partition_day, partition_ready
 
         return partition_ready(PREDICTIONS_CHURN.name, partition_day(get_current_context()))
 
     @task(outlets=[Asset(DRIFT_HISTORY.asset_name)])
     def build_drift_report() -> dict:
-        from sluice.drift import build_drift_report
-        from sluice.orchestration import partition_day, run_context, runtime_settings
+        from sluice.orchestration.context import partition_day, run_context, runtime_settings
+        from sluice.stages.drift import build_drift_report
 
         context = get_current_context()
         return build_drift_report(runtime_settings(), partition_day(context), run_context(context))
 
     @task(outlets=[Asset(PERFORMANCE_HISTORY.asset_name)])
     def record_performance() -> dict:
-        from sluice.drift import record_performance
-        from sluice.orchestration import partition_day, run_context, runtime_settings
+        from sluice.orchestration.context import partition_day, run_context, runtime_settings
+        from sluice.stages.drift import record_performance
 
         context = get_current_context()
         return record_performance(runtime_settings(), partition_day(context), run_context(context))
@@ -90,7 +90,7 @@ def drift_report():
         from airflow.sdk import BaseHook
         from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSkipException
 
-        from sluice import alerts
+        from sluice.edges import alerts
 
         context = get_current_context()
         payload = alerts.alert_payload(drift["ds"], drift, performance, run_id=context["dag_run"].run_id)
@@ -108,8 +108,8 @@ def drift_report():
 
     @task.short_circuit
     def decide_early_retrain(drift: dict) -> bool:
-        from sluice.drift import decide_early_retrain
-        from sluice.orchestration import runtime_settings
+        from sluice.orchestration.context import runtime_settings
+        from sluice.stages.drift import decide_early_retrain
 
         decision = decide_early_retrain(runtime_settings(), dt.date.fromisoformat(drift["ds"]))
         get_current_context()["ti"].xcom_push(key="decision", value=decision)
@@ -126,8 +126,8 @@ def drift_report():
 
     @task
     def record_early_retrain() -> int:
-        from sluice.drift import record_early_retrain
-        from sluice.orchestration import partition_day, run_context, runtime_settings
+        from sluice.orchestration.context import partition_day, run_context, runtime_settings
+        from sluice.stages.drift import record_early_retrain
 
         context = get_current_context()
         ti = context["ti"]

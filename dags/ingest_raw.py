@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, dag, get_current_context, task
 
-from sluice.orchestration import DEFAULT_ARGS, START_DATE, daily, partition_day_param
+from sluice.orchestration.context import DEFAULT_ARGS, START_DATE, daily, partition_day_param
 from sluice.tables import RAW_EVENTS
 
 
@@ -37,8 +37,8 @@ from sluice.tables import RAW_EVENTS
 def ingest_raw():
     @task(outlets=[Asset(RAW_EVENTS.asset_name)])
     def extract_events() -> dict:
-        from sluice.orchestration import partition_day, run_context, runtime_settings
-        from sluice.pipeline import ingest_day
+        from sluice.orchestration.context import partition_day, run_context, runtime_settings
+        from sluice.stages.etl import ingest_day
 
         context = get_current_context()
         return ingest_day(runtime_settings(), partition_day(context), run_context(context))

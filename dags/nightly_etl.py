@@ -31,7 +31,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, dag, get_current_context, task
 
-from sluice.orchestration import DEFAULT_ARGS, START_DATE, daily, partition_day_param
+from sluice.orchestration.context import DEFAULT_ARGS, START_DATE, daily, partition_day_param
 from sluice.tables import CURATED_EVENTS, FEATURES_CUSTOMER_DAILY, QUARANTINE_EVENTS, RAW_EVENTS
 
 
@@ -48,7 +48,7 @@ from sluice.tables import CURATED_EVENTS, FEATURES_CUSTOMER_DAILY, QUARANTINE_EV
 def nightly_etl():
     @task.sensor(poke_interval=30, timeout=dt.timedelta(hours=12), mode="reschedule")
     def wait_for_raw() -> bool:
-        from sluice.orchestration import partition_day, partition_ready
+        from sluice.orchestration.context import partition_day, partition_ready
 
         return partition_ready(RAW_EVENTS.name, partition_day(get_current_context()))
 
@@ -56,9 +56,9 @@ def nightly_etl():
     def curate_events() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from sluice.contracts import ContractViolation
-        from sluice.orchestration import partition_day, run_context, runtime_settings
-        from sluice.pipeline import curate_day
+        from sluice.core.contracts import ContractViolation
+        from sluice.orchestration.context import partition_day, run_context, runtime_settings
+        from sluice.stages.etl import curate_day
 
         context = get_current_context()
         try:
@@ -69,8 +69,8 @@ def nightly_etl():
 
     @task(depends_on_past=True, outlets=[Asset(FEATURES_CUSTOMER_DAILY.asset_name)])
     def build_features() -> dict:
-        from sluice.orchestration import partition_day, run_context, runtime_settings
-        from sluice.pipeline import build_features_day
+        from sluice.orchestration.context import partition_day, run_context, runtime_settings
+        from sluice.stages.etl import build_features_day
 
         context = get_current_context()
         return build_features_day(runtime_settings(), partition_day(context), run_context(context))

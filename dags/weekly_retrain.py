@@ -34,7 +34,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from sluice.orchestration import DEFAULT_ARGS, START_DATE, partition_day_param, weekly
+from sluice.orchestration.context import DEFAULT_ARGS, START_DATE, partition_day_param, weekly
 from sluice.tables import FEATURES_CUSTOMER_DAILY, MODEL_DECISIONS
 
 
@@ -67,7 +67,7 @@ from sluice.tables import FEATURES_CUSTOMER_DAILY, MODEL_DECISIONS
 def weekly_retrain():
     @task.sensor(poke_interval=60, timeout=dt.timedelta(hours=12), mode="reschedule")
     def wait_for_features() -> bool:
-        from sluice.orchestration import as_of_day, partition_ready
+        from sluice.orchestration.context import as_of_day, partition_ready
 
         return partition_ready(FEATURES_CUSTOMER_DAILY.name, as_of_day(get_current_context()))
 
@@ -75,9 +75,9 @@ def weekly_retrain():
     def retrain_and_gate() -> dict:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-        from sluice.orchestration import as_of_day, run_context, runtime_settings
-        from sluice.retrain import retrain
-        from sluice.train import NotEnoughData
+        from sluice.core.train import NotEnoughData
+        from sluice.orchestration.context import as_of_day, run_context, runtime_settings
+        from sluice.stages.retrain import retrain
 
         context = get_current_context()
         params = context["params"]

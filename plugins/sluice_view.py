@@ -16,7 +16,7 @@ A plugin app is mounted beside the core API and inherits none of its dependencie
 so every route here authenticates itself with the core API's own dependency
 (``GetUserDep``: the JWT of the login cookie or a bearer token; 401 without one, 403
 for a bad one) and then asks the auth manager whether the user may read DAGs (403
-otherwise). What the view shows is gathered and rendered by ``sluice.view``; this file
+otherwise). What the view shows is gathered and rendered by ``sluice.ui.view``; this file
 only routes. Nothing heavy is imported and nothing is read when Airflow loads the
 plugin (the scheduler and DAG processor load plugins too): the app is built on first
 use, in the API server.
@@ -66,7 +66,7 @@ def create_app() -> Any:
 
     def warm_up() -> None:
         try:
-            from sluice import view
+            from sluice.ui import view
 
             view.warm_up(settings())
         except Exception:  # best effort: a request that needs it tries again and shows its error
@@ -99,19 +99,19 @@ def create_app() -> Any:
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> HTMLResponse:
-        from sluice import view
+        from sluice.ui import view
 
         return HTMLResponse(view.render_page(view.overview(settings())), headers=page_headers)
 
     @app.get("/api/overview")
     def overview() -> JSONResponse:
-        from sluice import view
+        from sluice.ui import view
 
         return JSONResponse(view.overview(settings()), headers={"Cache-Control": "no-store"})
 
     @app.get("/reports/{ds}/{name}")
     def report(ds: str, name: str) -> Response:
-        from sluice import view
+        from sluice.ui import view
 
         try:
             body = view.read_report(settings(), ds, name)

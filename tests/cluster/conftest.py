@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice.cluster import COMPOSE_FILE, Cluster, Compose
+from sluice.ops.twin import COMPOSE_FILE, Cluster, Compose
 
 ROOT = Path(__file__).resolve().parents[2]
 

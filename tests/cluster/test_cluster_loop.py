@@ -1,10 +1,10 @@
 """The ML loop on the CeleryExecutor, through the native twin of docker-compose.yaml.
 
-The twin (sluice.cluster) runs in a temporary state directory with its own ports, databases,
+The twin (sluice.ops.twin) runs in a temporary state directory with its own ports, databases,
 Redis DBs and bucket: PostgreSQL metadata, Redis broker, moto standing in for MinIO (bucket
 versioning on), an MLflow server, and Airflow's API server, scheduler, DAG processor, triggerer
 and two Celery workers. The warm-up history (January to April: models never train on the lake's
-first 90 days) is loaded in process with sluice.pipeline.load_history while the twin starts, into
+first 90 days) is loaded in process with sluice.stages.etl.load_history while the twin starts, into
 a staging folder that is then put into the bucket (SLUICE_CLUSTER_TEST_HISTORY=s3 loads it
 straight into the bucket: the same tables, minutes slower against moto). Airflow runs May:
 ingest + ETL backfills, weekly retraining, daily scoring published to PostgreSQL and Redis,
@@ -32,11 +32,11 @@ import psycopg2
 import pytest
 import redis
 
-from sluice import pipeline
-from sluice.cluster import Cluster, free_port
-from sluice.lake import Lake
-from sluice.registry import CHAMPION, Registry
+from sluice.edges.lake import Lake
+from sluice.edges.registry import CHAMPION, Registry
+from sluice.ops.twin import Cluster, free_port
 from sluice.settings import Settings, load_settings
+from sluice.stages import etl as pipeline
 from sluice.tables import (
     CURATED_EVENTS,
     CUSTOMER_STATE,
@@ -300,7 +300,7 @@ def _maps(pid: int) -> str:
 
 
 def test_training_and_scoring_ran_in_the_workers_with_no_openmp_before_a_fork(loop: Loop) -> None:
-    from sluice.train import DEFAULT_PARAMS
+    from sluice.core.train import DEFAULT_PARAMS
 
     tis = loop.twin.task_instances()
     workers = {Cluster.worker_hostname(i) for i in (1, 2)}

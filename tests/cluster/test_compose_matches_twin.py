@@ -1,4 +1,4 @@
-"""docker-compose.yaml, the Dockerfile and the native twin (sluice.cluster) describe one cluster.
+"""docker-compose.yaml, the Dockerfile and the native twin (sluice.ops.twin) describe one cluster.
 
 Fast: nothing is started. The twin's environment is derived from the compose file, so these
 tests pin what that derivation must keep: the same services, the same variable names for every
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from sluice.cluster import (
+from sluice.ops.twin import (
     CONTAINER_PORTS,
     TWIN,
     TWIN_ONLY,
@@ -28,7 +28,7 @@ from sluice.cluster import (
     Compose,
     map_hosts,
 )
-from sluice.compose_vars import InterpolationError, interpolate, read_dotenv
+from sluice.orchestration.compose_vars import InterpolationError, interpolate, read_dotenv
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_SECRETS = ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY")
@@ -113,7 +113,7 @@ def test_the_twin_runs_two_distinct_celery_workers(twin: Cluster) -> None:
     argvs = [twin.argv("airflow-worker", replica) for replica in (1, 2)]
     assert envs[0]["SLUICE_TWIN_HOSTNAME"] != envs[1]["SLUICE_TWIN_HOSTNAME"]
     assert envs[0]["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] != envs[1]["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"]
-    assert all(e["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "sluice.cluster.twin_hostname" for e in envs)
+    assert all(e["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "sluice.ops.twin.twin_hostname" for e in envs)
     assert [a[-4:] for a in argvs] == [
         ["celery", "worker", "--celery-hostname", "twin-worker-1"],
         ["celery", "worker", "--celery-hostname", "twin-worker-2"],
@@ -203,7 +203,7 @@ def test_the_twin_generates_its_secrets_outside_the_repository(twin: Cluster) ->
 
 
 def test_workers_run_openmp_single_threaded(compose: Compose, twin: Cluster) -> None:
-    from sluice.train import DEFAULT_PARAMS
+    from sluice.core.train import DEFAULT_PARAMS
 
     assert compose.raw_environment("airflow-worker")["OMP_NUM_THREADS"] == "1"
     assert twin.service_env("airflow-worker", 2)["OMP_NUM_THREADS"] == "1"
@@ -309,7 +309,7 @@ def test_docker_compose_refuses_a_missing_secret_by_name(compose_cli: list[str],
 
 def test_docker_compose_renders_what_the_twin_derives(compose_cli: list[str], compose: Compose, tmp_path: Path) -> None:
     """One source of truth: Compose's own interpolation of every service's environment and
-    command equals the twin's (sluice.cluster.interpolate), for the same .env."""
+    command equals the twin's (sluice.ops.twin.interpolate), for the same .env."""
     variables = {name: f"v-{name.lower()}" for name in _required_variables()}
     variables |= {"SLUICE_SIM_CUSTOMERS": "1234", "AIRFLOW_WORKER_CONCURRENCY": "3", "SLUICE_ALERT_WEBHOOK_URI": ""}
     env_file = tmp_path / "ci.env"

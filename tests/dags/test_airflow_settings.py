@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sluice.airflow_settings import apply, connection_fields, load
-from sluice.cluster import Compose
-from sluice.compose_vars import InterpolationError
+from sluice.ops.twin import Compose
+from sluice.orchestration.compose_vars import InterpolationError
+from sluice.orchestration.settings_file import apply, connection_fields, load
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ROOT / "airflow_settings.yaml"

@@ -140,7 +140,7 @@ def test_weekly_retrain_runs_in_the_training_pool_with_typed_params(dagbag) -> N
 def test_weekly_retrain_as_of_day_is_the_sunday_that_ends_the_week() -> None:
     import datetime as dt
 
-    from sluice.orchestration import as_of_day
+    from sluice.orchestration.context import as_of_day
 
     monday = dt.datetime(2026, 2, 9, tzinfo=dt.UTC)
     context = {"params": {}, "data_interval_start": monday, "data_interval_end": monday + dt.timedelta(days=7)}
@@ -157,8 +157,8 @@ def test_batch_score_waits_for_the_retraining_whose_promotion_takes_effect_on_it
     from airflow.serialization.encoders import coerce_to_core_timetable
     from airflow.timetables.base import DataInterval
 
-    from sluice.orchestration import as_of_day, retrain_runs_taking_effect_on
-    from sluice.promotions import effective_day
+    from sluice.orchestration.context import as_of_day, retrain_runs_taking_effect_on
+    from sluice.stages.promotions import effective_day
 
     dag = dagbag.dags["batch_score"]
     assert {"wait_for_features", "wait_for_retraining"} <= dag.get_task("score_customers").upstream_task_ids

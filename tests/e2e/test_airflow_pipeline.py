@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sluice.lake import Lake
-from sluice.local_airflow import LocalAirflow, free_port
+from sluice.edges.lake import Lake
+from sluice.ops.embedded import LocalAirflow, free_port
 from sluice.settings import load_settings
 from sluice.tables import CURATED_EVENTS, FEATURES_CUSTOMER_DAILY, QUARANTINE_EVENTS, RAW_EVENTS
 

@@ -22,11 +22,12 @@ import pytest
 import redis
 from psycopg2 import sql
 
-from sluice import pipeline, promotions
-from sluice.lake import Lake
-from sluice.local_airflow import LocalAirflow, free_port, json_output
-from sluice.registry import CHAMPION, Registry
+from sluice.edges.lake import Lake
+from sluice.edges.registry import CHAMPION, Registry
+from sluice.ops.embedded import LocalAirflow, free_port, json_output
 from sluice.settings import load_settings
+from sluice.stages import etl as pipeline
+from sluice.stages import promotions
 from sluice.tables import (
     DRIFT_HISTORY,
     EARLY_RETRAINS,

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas  # noqa: F401  (imported by the writer anyway; keep its cost before the barrier)
 import pyarrow as pa
 
-from sluice.lake import Lake
-from sluice.lineage import RunContext
+from sluice.core.lineage import RunContext
+from sluice.edges.lake import Lake
 from sluice.settings import load_settings
 from sluice.tables import PARTITION_COLUMN, RAW_EVENT_FIELDS, RAW_EVENTS
 

@@ -51,7 +51,7 @@ def child_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def warm_children(child_env: dict[str, str]) -> dict[str, str]:
     """Import the heavy modules once in a child, so concurrent children start warm."""
     subprocess.run(
-        [sys.executable, "-c", "import pandas, pyarrow.dataset, deltalake, sluice.lake, sluice.storage"],
+        [sys.executable, "-c", "import pandas, pyarrow.dataset, deltalake, sluice.edges.lake, sluice.edges.storage"],
         env=child_env,
         check=True,
         timeout=300,

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from sluice.lake import Lake, LakeError
-from sluice.lineage import RunContext
+from sluice.core.lineage import RunContext
+from sluice.edges.lake import Lake, LakeError
 from sluice.tables import ALL_TABLES, CURATED_EVENTS, PARTITION_COLUMN, RAW_EVENT_FIELDS, RAW_EVENTS
 
 from .conftest import DUMMY_KEY_ID, DUMMY_SECRET

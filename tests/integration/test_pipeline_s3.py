@@ -7,11 +7,11 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from sluice import pipeline
-from sluice.lake import Lake
-from sluice.lineage import RunContext
+from sluice.core.lineage import RunContext
+from sluice.edges.lake import Lake
+from sluice.edges.sources.simulator import SimulatorSource
 from sluice.settings import load_settings
-from sluice.sources.simulator import SimulatorSource
+from sluice.stages import etl as pipeline
 from sluice.tables import (
     CURATED_EVENTS,
     CUSTOMER_STATE,

@@ -14,14 +14,14 @@ import pytest
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
-from sluice import pipeline
-from sluice.contracts import split_by_contract
-from sluice.lake import Lake
-from sluice.lineage import RunContext
+from sluice.core.contracts import split_by_contract
+from sluice.core.lineage import RunContext
+from sluice.edges.lake import Lake
+from sluice.edges.sources import RAW_SCHEMA, SourceError, make_source
+from sluice.edges.sources.postgres import PostgresSource
+from sluice.edges.sources.simulator import SimulatorSource
 from sluice.settings import load_settings
-from sluice.sources import RAW_SCHEMA, SourceError, make_source
-from sluice.sources.postgres import PostgresSource
-from sluice.sources.simulator import SimulatorSource
+from sluice.stages import etl as pipeline
 from sluice.tables import RAW_EVENT_FIELDS, RAW_EVENTS
 
 pytestmark = pytest.mark.integration

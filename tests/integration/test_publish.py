@@ -10,7 +10,7 @@ import psycopg2
 import pytest
 import redis
 
-from sluice.publish import lookup_redis, publish_postgres, publish_redis
+from sluice.edges.publish import lookup_redis, publish_postgres, publish_redis
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@
 
 * ``Registry``: versions, aliases (champion / previous-champion / challenger, never
   stages), rollback, tags, loading a version back.
-* ``sluice.promotions``: the champion's history in the lake and the manual actions.
+* ``sluice.stages.promotions``: the champion's history in the lake and the manual actions.
 * An end-to-end slice of ``weekly_retrain``: a 45-day lake built by the pipeline (on the
   local filesystem, to stay fast; lake writes on S3 are covered above and in
   test_lake_s3), MLflow artifacts on S3; retrain twice on the same data, then a dry run
@@ -26,13 +26,14 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from sluice import pipeline, promotions
-from sluice import train as T
-from sluice.gate import GatePolicy
-from sluice.lake import Lake
-from sluice.lineage import RunContext
-from sluice.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, RegistryError
+from sluice.core import train as T
+from sluice.core.gate import GatePolicy
+from sluice.core.lineage import RunContext
+from sluice.edges.lake import Lake
+from sluice.edges.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, RegistryError
 from sluice.settings import Settings, load_settings
+from sluice.stages import etl as pipeline
+from sluice.stages import promotions
 from sluice.tables import FEATURES_CUSTOMER_DAILY, MODEL_DECISIONS, MODEL_PROMOTIONS, PARTITION_COLUMN
 
 pytestmark = pytest.mark.integration
@@ -377,7 +378,7 @@ def retrain_chain(s3_endpoint, tmp_path_factory, mlflow_template) -> Iterator[Re
     import boto3
     import matplotlib.pyplot as plt
 
-    from sluice.retrain import retrain
+    from sluice.stages.retrain import retrain
 
     base = tmp_path_factory.mktemp("retrain")
     with pytest.MonkeyPatch.context() as mp:
@@ -452,7 +453,7 @@ def retrain_chain(s3_endpoint, tmp_path_factory, mlflow_template) -> Iterator[Re
             def die(*args: Any, **kwargs: Any) -> None:
                 raise ConnectionError("lake unreachable")
 
-            crash.setattr("sluice.retrain.record_promotion", die)
+            crash.setattr("sluice.stages.retrain.record_promotion", die)
             with pytest.raises(ConnectionError) as err:
                 retrain(settings, day, crash_ctx, force_promote=True, reason=FORCE_REASON, policy=quick)
         ds = day.isoformat()
@@ -587,7 +588,7 @@ def test_second_retrain_on_the_same_data_is_registered_but_not_promoted(retrain_
 
 
 def test_force_promote_without_a_reason_is_refused(retrain_chain):
-    from sluice.retrain import retrain
+    from sluice.stages.retrain import retrain
 
     registry = Registry(retrain_chain.settings)
     versions_before = [v.version for v in registry.versions()]

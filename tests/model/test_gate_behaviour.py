@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sluice.gate import Decision, GatePolicy, decide, forced
+from sluice.core.gate import Decision, GatePolicy, decide, forced
 
 N = 6000
 POLICY = GatePolicy(n_bootstrap=200)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice.local_airflow import PROJECT_ROOT, LocalAirflow, free_port
+from sluice.ops.embedded import PROJECT_ROOT, LocalAirflow, free_port
 from sluice.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,9 @@ class UiStack:
 
 def fill_lake(settings: Settings) -> None:
     """What the view shows: history, a champion with its decision, scores, drift and performance."""
-    from sluice import drift, pipeline, retrain, score
-    from sluice.lineage import RunContext
+    from sluice.core.lineage import RunContext
+    from sluice.stages import drift, retrain, score
+    from sluice.stages import etl as pipeline
 
     pipeline.load_history(settings, HISTORY_START, HISTORY_END)
     result = retrain.retrain(settings, RETRAIN_DAY, RunContext("weekly_retrain", "ui-test"))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from sluice.lake import Lake
+from sluice.edges.lake import Lake
 from sluice.tables import FEATURES_CUSTOMER_DAILY
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def test_trigger_nightly_etl_then_read_the_sluice_view(ui_stack: UiStack, page, 
     view.locator("#champion-now").wait_for(timeout=180_000)  # the first page may still wait for MLflow
     shot(page, artifacts, "06-sluice-view")
 
-    from sluice.registry import CHAMPION, Registry
+    from sluice.edges.registry import CHAMPION, Registry
 
     champion = Registry(stack.settings).by_alias(CHAMPION)
     assert champion is not None

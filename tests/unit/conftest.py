@@ -19,10 +19,10 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from sluice import pipeline
-from sluice.lake import Lake
-from sluice.lineage import RunContext
+from sluice.core.lineage import RunContext
+from sluice.edges.lake import Lake
 from sluice.settings import Settings, load_settings
+from sluice.stages import etl as pipeline
 from sluice.tables import RAW_EVENT_FIELDS, Table
 
 DAY = dt.date(2026, 3, 1)

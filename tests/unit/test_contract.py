@@ -9,7 +9,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pytest
 
-from sluice.contracts import (
+from sluice.core.contracts import (
     ContractResult,
     ContractViolation,
     events_contract,

@@ -14,11 +14,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sluice import alerts
-from sluice import drift as D
-from sluice.features import FEATURE_COLUMNS
-from sluice.lake import Lake
-from sluice.lineage import RunContext
+from sluice.core.features import FEATURE_COLUMNS
+from sluice.core.lineage import RunContext
+from sluice.edges import alerts
+from sluice.edges.lake import Lake
+from sluice.stages import drift as D
 from sluice.tables import DRIFT_HISTORY, PARTITION_COLUMN
 
 SPEND = ["spend_7d", "spend_30d", "spend_90d", "spend_per_order_90d"]

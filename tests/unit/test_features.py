@@ -9,10 +9,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sluice import features as F
-from sluice import pipeline
-from sluice.lake import Lake, LakeError
-from sluice.sources.simulator import SimulatorSource
+from sluice.core import features as F
+from sluice.edges.lake import Lake, LakeError
+from sluice.edges.sources.simulator import SimulatorSource
+from sluice.stages import etl as pipeline
 from sluice.tables import CURATED_EVENTS, CUSTOMER_STATE, FEATURES_CUSTOMER_DAILY
 
 DAY = dt.date(2026, 3, 1)

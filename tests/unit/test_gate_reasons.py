@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from sluice.gate import GatePolicy, decide, decimals_apart, improvement_reason
+from sluice.core.gate import GatePolicy, decide, decimals_apart, improvement_reason
 
 MARGIN = GatePolicy().min_improvement  # 0.002
 NUMBER = r"([+-][0-9]+\.[0-9]+)"

@@ -11,8 +11,8 @@ import textwrap
 import pyarrow as pa
 import pytest
 
-from sluice.lake import Lake, LakeError, TableStatus, check_day
-from sluice.lineage import Lineage, RunContext
+from sluice.core.lineage import Lineage, RunContext
+from sluice.edges.lake import Lake, LakeError, TableStatus, check_day
 from sluice.settings import load_settings
 from sluice.tables import ALL_TABLES, CURATED_EVENTS, QUARANTINE_EVENTS, RAW_EVENT_FIELDS, RAW_EVENTS, by_name
 
@@ -279,8 +279,8 @@ WRITER = textwrap.dedent(
     """
     import json, os, sys, time
     import pyarrow as pa
-    from sluice.lake import Lake
-    from sluice.lineage import Lineage
+    from sluice.edges.lake import Lake
+    from sluice.core.lineage import Lineage
     from sluice.settings import load_settings
     from sluice.tables import RAW_EVENTS, RAW_EVENT_FIELDS
 

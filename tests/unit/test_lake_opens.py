@@ -24,11 +24,11 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError
 
-from sluice import pipeline
-from sluice.lake import Lake, LakeError
-from sluice.lineage import Lineage, RunContext
+from sluice.core.lineage import Lineage, RunContext
+from sluice.edges.lake import Lake, LakeError
+from sluice.edges.sources.simulator import SimulatorSource
 from sluice.settings import Settings
-from sluice.sources.simulator import SimulatorSource
+from sluice.stages import etl as pipeline
 from sluice.tables import ALL_TABLES, PARTITION_COLUMN, RAW_EVENT_FIELDS, RAW_EVENTS, Table
 
 D1, D2, D3 = "2026-01-01", "2026-01-02", "2026-01-03"
@@ -211,8 +211,8 @@ OTHER_PROCESS = textwrap.dedent(
     """
     import sys
     import pyarrow as pa
-    from sluice.lake import Lake
-    from sluice.lineage import Lineage
+    from sluice.edges.lake import Lake
+    from sluice.core.lineage import Lineage
     from sluice.settings import load_settings
     from sluice.tables import RAW_EVENTS, RAW_EVENT_FIELDS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from sluice.local_airflow import LocalAirflow
+from sluice.ops.embedded import LocalAirflow
 
 
 def _airflow_home(tmp_path: Path, rows: list[tuple]) -> LocalAirflow:

@@ -11,12 +11,12 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from sluice import features as F
-from sluice import pipeline
-from sluice.contracts import ContractViolation
-from sluice.lake import Lake, LakeError
-from sluice.sources import RAW_SCHEMA, SourceError
-from sluice.sources.simulator import SimulatorSource
+from sluice.core import features as F
+from sluice.core.contracts import ContractViolation
+from sluice.edges.lake import Lake, LakeError
+from sluice.edges.sources import RAW_SCHEMA, SourceError
+from sluice.edges.sources.simulator import SimulatorSource
+from sluice.stages import etl as pipeline
 from sluice.tables import (
     CURATED_EVENTS,
     CUSTOMER_STATE,

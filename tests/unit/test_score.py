@@ -10,14 +10,14 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sluice import promotions
-from sluice import score as S
-from sluice.features import CATEGORICAL, FEATURE_COLUMNS
-from sluice.lake import Lake
-from sluice.lineage import RunContext
-from sluice.score import NoChampion, resolve_model
+from sluice.core.features import CATEGORICAL, FEATURE_COLUMNS
+from sluice.core.lineage import RunContext
+from sluice.core.train import CATEGORIES, DEFAULT_PARAMS, FittedModel, model_matrix
+from sluice.edges.lake import Lake
+from sluice.stages import promotions
+from sluice.stages import score as S
+from sluice.stages.score import NoChampion, resolve_model
 from sluice.tables import FEATURES_CUSTOMER_DAILY, PREDICTIONS_CHURN
-from sluice.train import CATEGORIES, DEFAULT_PARAMS, FittedModel, model_matrix
 
 DS = "2026-02-10"
 

@@ -208,7 +208,7 @@ def test_importing_the_package_reads_no_settings(tmp_path):
     and it sees the variables as they are when it is called."""
     code = (
         "import os\n"
-        "import sluice.settings, sluice.tables, sluice.lineage, sluice.lake, sluice.sources, sluice.storage\n"
+        "import sluice.settings, sluice.tables, sluice.core.lineage, sluice.edges.lake, sluice.edges.sources, sluice.edges.storage\n"
         "from pydantic import ValidationError\n"
         "try:\n"
         "    sluice.settings.load_settings()\n"

@@ -9,10 +9,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sluice.contracts import split_by_contract
-from sluice.settings import load_settings
-from sluice.sources import RAW_SCHEMA
-from sluice.sources.simulator import (
+from sluice.core.contracts import split_by_contract
+from sluice.edges.sources import RAW_SCHEMA
+from sluice.edges.sources.simulator import (
     CHANNELS,
     DEVICES,
     EVENT_TYPES,
@@ -24,6 +23,7 @@ from sluice.sources.simulator import (
     inject_defects,
     parse_drift,
 )
+from sluice.settings import load_settings
 
 DAY = dt.date(2026, 3, 1)
 SWITCH = dt.date(2026, 2, 1)

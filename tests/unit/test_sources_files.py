@@ -11,12 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sluice.contracts import split_by_contract
+from sluice.core.contracts import split_by_contract
+from sluice.edges.sources import RAW_SCHEMA, SourceError, conform, make_source
+from sluice.edges.sources.files import FileSource
+from sluice.edges.sources.postgres import PostgresSource
+from sluice.edges.sources.simulator import SimulatorSource
 from sluice.settings import load_settings
-from sluice.sources import RAW_SCHEMA, SourceError, conform, make_source
-from sluice.sources.files import FileSource
-from sluice.sources.postgres import PostgresSource
-from sluice.sources.simulator import SimulatorSource
 from sluice.tables import RAW_EVENT_FIELDS
 
 DAY = dt.date(2026, 3, 1)

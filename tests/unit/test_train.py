@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from sluice import features as F
-from sluice import train as T
-from sluice.sources.simulator import SimulatorSource
+from sluice.core import features as F
+from sluice.core import train as T
+from sluice.edges.sources.simulator import SimulatorSource
 from sluice.tables import FEATURES_CUSTOMER_DAILY, PARTITION_COLUMN
 
 DS = PARTITION_COLUMN
@@ -283,10 +283,10 @@ def test_training_days_before_the_warm_up_ends_are_none() -> None:
 
 def test_the_training_frame_does_not_depend_on_the_order_partitions_were_written(history_lake, tmp_path):
     # Backfill runs finish in any order; LightGBM's bagging depends on row order.
-    from sluice.lake import Lake
-    from sluice.lineage import RunContext
-    from sluice.retrain import load_training_frame
+    from sluice.core.lineage import RunContext
+    from sluice.edges.lake import Lake
     from sluice.settings import load_settings
+    from sluice.stages.retrain import load_training_frame
 
     source = history_lake.lake
     days = source.partitions(FEATURES_CUSTOMER_DAILY)

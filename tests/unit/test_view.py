@@ -17,11 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sluice import drift, gate, promotions, view
-from sluice.lake import Lake
-from sluice.lineage import RunContext
+from sluice.core import gate
+from sluice.core.lineage import RunContext
+from sluice.edges.lake import Lake
 from sluice.settings import Settings, load_settings
+from sluice.stages import drift, promotions
 from sluice.tables import ALL_TABLES, MODEL_DECISIONS, PARTITION_COLUMN, PERFORMANCE_HISTORY, RAW_EVENTS
+from sluice.ui import view
 
 PLUGIN_FILE = Path(__file__).resolve().parents[2] / "plugins" / "sluice_view.py"
 HOSTILE = '<script>alert("x")</script>'

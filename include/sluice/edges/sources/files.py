@@ -11,9 +11,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from sluice.edges.sources import RAW_SCHEMA, SourceError, conform
+from sluice.edges.storage import filesystem
 from sluice.settings import Settings
-from sluice.sources import RAW_SCHEMA, SourceError, conform
-from sluice.storage import filesystem
 from sluice.tables import RAW_EVENT_FIELDS
 
 SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")

@@ -27,8 +27,8 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
-from sluice.lineage import META_PREFIX as _META_PREFIX
-from sluice.lineage import Lineage
+from sluice.core.lineage import META_PREFIX as _META_PREFIX
+from sluice.core.lineage import Lineage
 from sluice.settings import Settings
 from sluice.tables import ALL_TABLES, PARTITION_COLUMN, Table
 
@@ -227,7 +227,7 @@ class Lake:
         (``DeltaTable.history()`` numbers entries by position, which is off while other
         writers are committing concurrently.)
         """
-        from sluice.storage import filesystem
+        from sluice.edges.storage import filesystem
 
         fs, base = filesystem(self.settings, f"{self.root}/{table.name}/_delta_log")
         for fresh in (False, True):

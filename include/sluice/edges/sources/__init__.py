@@ -52,17 +52,17 @@ def conform(table: pa.Table, origin: str) -> pa.Table:
 def make_source(settings: Settings) -> Source:
     """The source the settings name."""
     if settings.source == "simulator":
-        from sluice.sources.simulator import SimulatorSource
+        from sluice.edges.sources.simulator import SimulatorSource
 
         return SimulatorSource.from_settings(settings)
     if settings.source == "postgres":
-        from sluice.sources.postgres import PostgresSource
+        from sluice.edges.sources.postgres import PostgresSource
 
         if not settings.source_postgres_dsn:
             raise SourceError("SLUICE_SOURCE=postgres needs SLUICE_SOURCE_POSTGRES_DSN (or the Airflow connection)")
         return PostgresSource(settings.source_postgres_dsn, settings.source_postgres_table)
     if settings.source == "files":
-        from sluice.sources.files import FileSource
+        from sluice.edges.sources.files import FileSource
 
         return FileSource(settings.landing, settings)
     raise SourceError(f"unknown source {settings.source!r}")

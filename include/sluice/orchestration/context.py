@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import CronDataIntervalTimetable, Param
 
-from sluice.lineage import RunContext
+from sluice.core.lineage import RunContext
 
 if TYPE_CHECKING:
     from sluice.settings import Settings
@@ -86,7 +86,7 @@ def as_of_day(context: Mapping[str, Any]) -> dt.date:
 
 def partition_ready(table_name: str, day: dt.date) -> bool:
     """Whether ``table_name`` has partition ``day`` yet: what every wait_for_* sensor asks."""
-    from sluice.lake import Lake
+    from sluice.edges.lake import Lake
     from sluice.tables import by_name
 
     return Lake(runtime_settings()).has_partition(by_name(table_name), day.isoformat())
@@ -144,7 +144,7 @@ def runtime_settings() -> Settings:
         from airflow.sdk import BaseHook
         from airflow.sdk.exceptions import AirflowNotFoundException
 
-        from sluice.sources import SourceError
+        from sluice.edges.sources import SourceError
 
         try:
             conn = BaseHook.get_connection(SOURCE_CONNECTION_ID)
@@ -172,8 +172,8 @@ def publish_scores(kind: str, conn_id: str, ds: str) -> int:
     """Publish the predictions of ``ds`` through the connection ``conn_id`` (skip if absent)."""
     from urllib.parse import quote
 
-    from sluice import publish
-    from sluice.lake import Lake
+    from sluice.edges import publish
+    from sluice.edges.lake import Lake
     from sluice.tables import PREDICTIONS_CHURN
 
     conn = connection_or_skip(conn_id)

@@ -1,6 +1,6 @@
 """Apply an Astronomer-style ``airflow_settings.yaml`` (connections, pools, variables).
 
-Run as ``python -m sluice.airflow_settings airflow_settings.yaml`` with AIRFLOW_HOME
+Run as ``python -m sluice.orchestration.settings_file airflow_settings.yaml`` with AIRFLOW_HOME
 set. Applying twice changes nothing: entries are created or replaced by their id.
 
 Values may use Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` forms
@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from sluice.compose_vars import interpolate_tree
+from sluice.orchestration.compose_vars import interpolate_tree
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:

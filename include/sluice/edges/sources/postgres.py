@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from sluice.sources import RAW_SCHEMA, SourceError, conform
+from sluice.edges.sources import RAW_SCHEMA, SourceError, conform
 from sluice.tables import RAW_EVENT_FIELDS
 
 # Text renderings that round-trip through the contract's parsers.

@@ -39,9 +39,9 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sluice.features import CATEGORICAL, FEATURE_COLUMNS, LABEL_HORIZON_DAYS
-from sluice.lake import Lake, check_day
-from sluice.lineage import RunContext
+from sluice.core.features import CATEGORICAL, FEATURE_COLUMNS, LABEL_HORIZON_DAYS
+from sluice.core.lineage import RunContext
+from sluice.edges.lake import Lake, check_day
 from sluice.settings import Settings
 from sluice.tables import (
     DRIFT_HISTORY,
@@ -160,7 +160,7 @@ class ReferenceSpec:
 
     @classmethod
     def from_tags(cls, version: str, tags: Mapping[str, str]) -> ReferenceSpec:
-        """Pure: parse the tags ``sluice.retrain`` sets (``feature_table_version``, ``training_windows``)."""
+        """Pure: parse the tags ``sluice.stages.retrain`` sets (``feature_table_version``, ``training_windows``)."""
         try:
             feature_version = int(tags["feature_table_version"])
             start, end = json.loads(tags["training_windows"])["train"]
@@ -205,7 +205,7 @@ def scored_reference(settings: Settings, lake: Lake, spec: ReferenceSpec, policy
     """The reference sample with the champion's scores; computed once per model and kept."""
     import pyarrow.parquet as pq
 
-    from sluice.storage import filesystem
+    from sluice.edges.storage import filesystem
 
     uri = _reference_uri(settings, spec, policy.drift_reference_rows, policy.drift_seed)
     fs, path = filesystem(settings, uri)
@@ -213,8 +213,8 @@ def scored_reference(settings: Settings, lake: Lake, spec: ReferenceSpec, policy
         log.info("reference of model v%s from %s", spec.model_version, uri)
         with fs.open_input_file(path) as f:
             return pq.read_table(f).to_pandas()
-    from sluice.registry import Registry
-    from sluice.train import FittedModel
+    from sluice.core.train import FittedModel
+    from sluice.edges.registry import Registry
 
     sample = reference_sample(lake, spec, policy.drift_reference_rows, policy.drift_seed)
     model = FittedModel.from_booster(Registry(settings).load_booster(spec.model_version))
@@ -397,7 +397,7 @@ def put_object(settings: Settings, uri: str, data: bytes) -> None:
     """Write one object under the lake (file:// or s3://); never visible half-written."""
     from pyarrow import fs as pafs
 
-    from sluice.storage import filesystem
+    from sluice.edges.storage import filesystem
 
     fs, path = filesystem(settings, uri)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -422,7 +422,7 @@ def build_drift_report(
     settings: Settings, day: dt.date, ctx: RunContext, policy: DriftPolicy | None = None
 ) -> dict[str, Any]:
     """The drift report of day D: files under reports/drift/ds=D/, a row in monitoring/drift_history."""
-    from sluice.registry import Registry
+    from sluice.edges.registry import Registry
 
     policy = policy or load_policy()
     lake = Lake(settings)
@@ -495,7 +495,7 @@ def record_performance(
     ``evaluated: False`` with the reason, and writes nothing, when S was not scored or
     its labels are not there yet.
     """
-    from sluice.gate import metrics
+    from sluice.core.gate import metrics
 
     policy = policy or load_policy()
     lake = Lake(settings)

@@ -1,11 +1,11 @@
 """The cluster twin: docker-compose.yaml's topology on one machine, without Docker.
 
-``python -m sluice.cluster up`` (``make cluster``) runs what ``docker compose up`` runs:
+``python -m sluice.ops.twin up`` (``make cluster``) runs what ``docker compose up`` runs:
 PostgreSQL and Redis (the local servers: the twin creates its own databases and picks its own
 Redis DB numbers), an S3 server standing in for MinIO (``moto_server`` from the virtualenv,
 bucket created and versioning enabled like minio-init does), the MLflow server, and Airflow's
 API server, scheduler, DAG processor, triggerer and two Celery workers, each a process under a
-state directory (``.cluster/``). ``python -m sluice.cluster down`` stops exactly the processes
+state directory (``.cluster/``). ``python -m sluice.ops.twin down`` stops exactly the processes
 it started (pid and start time recorded, whole sessions signalled; never a name) and drops the
 databases it created.
 
@@ -48,17 +48,17 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from sluice.compose_vars import interpolate, read_dotenv
-from sluice.local_airflow import (
+from sluice.ops.embedded import (
     RETRIED_TRIES_SQL,
     describe_retried_tries,
     free_port,
     wait_for_finished_runs,
 )
+from sluice.orchestration.compose_vars import interpolate, read_dotenv
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yaml"
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".cluster"
 
@@ -69,14 +69,14 @@ TWIN: dict[str, str] = {
     "minio": "moto_server: an S3 API in memory, on its own port",
     "minio-init": "boto3 (in process): create the bucket, enable versioning",
     "mlflow": "mlflow server",
-    "airflow-init": "python -m sluice.cluster init",
+    "airflow-init": "python -m sluice.ops.twin init",
     "airflow-apiserver": "airflow api-server",
     "airflow-scheduler": "airflow scheduler",
     "airflow-dag-processor": "airflow dag-processor",
     "airflow-triggerer": "airflow triggerer",
     "airflow-worker": "airflow celery worker, once per replica (twin-worker-1, twin-worker-2, ...)",
     "flower": "airflow celery flower (up --flower)",
-    "airflow-cli": "the airflow CLI with this environment (Cluster.cli, `python -m sluice.cluster env`)",
+    "airflow-cli": "the airflow CLI with this environment (Cluster.cli, `python -m sluice.ops.twin env`)",
 }
 EXTERNAL = ("postgres", "redis")  # already running on this machine: the twin only checks them
 
@@ -324,7 +324,7 @@ def init(settings_file: Path | None = None) -> None:
     airflow = Path(sys.executable).parent / "airflow"
     subprocess.run([str(airflow) if airflow.exists() else "airflow", "db", "migrate"], check=True)
     settings_file = settings_file or Path(os.environ.get("SLUICE_HOME") or PROJECT_ROOT) / "airflow_settings.yaml"
-    subprocess.run([sys.executable, "-m", "sluice.airflow_settings", str(settings_file)], check=True)
+    subprocess.run([sys.executable, "-m", "sluice.orchestration.settings_file", str(settings_file)], check=True)
 
 
 # -- processes: what the twin started, by session ------------------------------------------------
@@ -533,7 +533,7 @@ class Cluster:
                 env.update(
                     {
                         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports[f"worker_logs_{replica}"]),
-                        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "sluice.cluster.twin_hostname",
+                        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "sluice.ops.twin.twin_hostname",
                         "SLUICE_TWIN_HOSTNAME": self.worker_hostname(replica),
                     }
                 )
@@ -622,7 +622,7 @@ class Cluster:
         running = any(r.alive() for r in self.records())
         ready: set[str] = set(self.state().get("ready", [])) if running else set()
         if running and set(order) <= ready:
-            raise ClusterError(f"the twin in {self.state_dir} is already running: `python -m sluice.cluster down` first")
+            raise ClusterError(f"the twin in {self.state_dir} is already running: `python -m sluice.ops.twin down` first")
         if not running:
             state = self.state()
             state.update(
@@ -979,7 +979,7 @@ def _parse_set(items: Iterable[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sluice.cluster", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sluice.ops.twin", description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the twin (make cluster)")
@@ -1016,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<22} {url}")
         print(f"  process logs           {cluster.logs_dir}/<name>.log; task logs {cluster.airflow_home / 'logs'}")
         print(f"  UI password            {cluster.airflow_home / 'simple_auth_manager_passwords.json.generated'}")
-        print(f'  airflow CLI            eval "$(python -m sluice.cluster --state-dir {cluster.state_dir} env)"')
+        print(f'  airflow CLI            eval "$(python -m sluice.ops.twin --state-dir {cluster.state_dir} env)"')
         return 0
     cluster = Cluster.from_state(args.state_dir)
     if args.command == "down":

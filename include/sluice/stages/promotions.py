@@ -20,9 +20,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sluice.lake import Lake
-from sluice.lineage import RunContext
-from sluice.registry import CHAMPION, Registry, RegistryError
+from sluice.core.lineage import RunContext
+from sluice.edges.lake import Lake
+from sluice.edges.registry import CHAMPION, Registry, RegistryError
 from sluice.settings import Settings
 from sluice.tables import MODEL_PROMOTIONS, PARTITION_COLUMN
 

@@ -23,7 +23,7 @@ def detected_code_version() -> str:
 
 @lru_cache(maxsize=1)
 def _checkout_version() -> str:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     try:
         sha = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],

@@ -11,14 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sluice import promotions
-from sluice.features import CATEGORICAL, FEATURE_COLUMNS
-from sluice.lake import Lake
-from sluice.lineage import RunContext
-from sluice.registry import CHAMPION, Registry
+from sluice.core.features import CATEGORICAL, FEATURE_COLUMNS
+from sluice.core.lineage import RunContext
+from sluice.core.train import CATEGORIES, FittedModel
+from sluice.edges.lake import Lake
+from sluice.edges.registry import CHAMPION, Registry
 from sluice.settings import Settings
+from sluice.stages import promotions
 from sluice.tables import FEATURES_CUSTOMER_DAILY, PARTITION_COLUMN, PREDICTIONS_CHURN
-from sluice.train import CATEGORIES, FittedModel
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ log = logging.getLogger("sluice")
 
 
 def _status(args: argparse.Namespace) -> int:
-    from sluice.lake import Lake
+    from sluice.edges.lake import Lake
     from sluice.settings import load_settings
     from sluice.tables import QUARANTINE_EVENTS
 
@@ -49,7 +49,7 @@ def _mondays(history_start: str, start: str, end: str, warmup_days: int) -> list
     """Logical dates of the weekly runs in [start, end] that can train: their Sunday has
     at least 7 matured snapshot days after the warm-up. Earlier weeks would only skip
     (the end-to-end tests cover that path)."""
-    from sluice.train import training_days
+    from sluice.core.train import training_days
 
     first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
     lake_days = [d.isoformat() for d in _day_range(dt.date.fromisoformat(history_start), last)]
@@ -78,9 +78,9 @@ def _wait(airflow, dag_id: str, expected: int, timeout: float, step, home: Path)
 def _demo(args: argparse.Namespace) -> int:
     import os
 
-    from sluice import pipeline
-    from sluice.local_airflow import LocalAirflow, free_port
+    from sluice.ops.embedded import LocalAirflow, free_port
     from sluice.settings import load_settings
+    from sluice.stages import etl as pipeline
 
     project = Path(args.project).resolve()
     home = project / ".airflow"
@@ -176,8 +176,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _drift_summary(settings) -> None:
-    from sluice.drift import report_uri
-    from sluice.lake import Lake
+    from sluice.edges.lake import Lake
+    from sluice.stages.drift import report_uri
     from sluice.tables import DRIFT_HISTORY
 
     lake = Lake(settings)
@@ -195,8 +195,8 @@ def _drift_summary(settings) -> None:
 
 
 def _load_history(args: argparse.Namespace) -> int:
-    from sluice import pipeline
     from sluice.settings import load_settings
+    from sluice.stages import etl as pipeline
 
     def progress(summary: dict) -> None:
         print(
@@ -213,10 +213,10 @@ def _load_history(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> int:
-    from sluice import promotions
-    from sluice.lake import Lake
-    from sluice.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, RegistryError
+    from sluice.edges.lake import Lake
+    from sluice.edges.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, RegistryError
     from sluice.settings import load_settings
+    from sluice.stages import promotions
     from sluice.tables import MODEL_DECISIONS
 
     settings = load_settings()
@@ -271,7 +271,7 @@ def _model(args: argparse.Namespace) -> int:
 
 
 def _embedded(args: argparse.Namespace):
-    from sluice.local_airflow import LocalAirflow
+    from sluice.ops.embedded import LocalAirflow
 
     project = Path(args.project).resolve()
     return LocalAirflow(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from sluice.lake import Lake, check_day
+from sluice.edges.lake import Lake, check_day
 from sluice.settings import Settings
 from sluice.tables import DRIFT_HISTORY, MODEL_DECISIONS, PARTITION_COLUMN, PERFORMANCE_HISTORY
 
@@ -110,7 +110,7 @@ def _registry(settings: Settings) -> Any:
     Importing MLflow and opening its store takes tens of seconds on a busy machine:
     the API server pays it once (see :func:`warm_up`), not on every page.
     """
-    from sluice.registry import Registry
+    from sluice.edges.registry import Registry
 
     key = (settings.mlflow_tracking_uri, settings.model_name, settings.s3_endpoint_url)
     with _registry_lock:
@@ -133,7 +133,7 @@ def registry_aliases(settings: Settings) -> dict[str, str]:
 
 def warm_up(settings: Settings) -> None:
     """Import and open what the page needs (MLflow above all) before anyone asks for it."""
-    import sluice.drift  # noqa: F401  (pandas, numpy)
+    import sluice.stages.drift  # noqa: F401  (pandas, numpy)
 
     registry_aliases(settings)
 
@@ -142,8 +142,8 @@ def champion(
     settings: Settings, aliases: Mapping[str, str] | None = None, lake: Lake | None = None
 ) -> dict[str, Any]:
     """The champion now (registry alias), and every promotion, newest first."""
-    from sluice import promotions
-    from sluice.registry import CHALLENGER, CHAMPION, PREVIOUS
+    from sluice.edges.registry import CHALLENGER, CHAMPION, PREVIOUS
+    from sluice.stages import promotions
 
     aliases = registry_aliases(settings) if aliases is None else aliases
     history = []
@@ -164,7 +164,7 @@ def champion(
 
 def decisions(settings: Settings, lake: Lake | None = None) -> list[dict[str, Any]]:
     """Every gate decision, newest first, with its checks, their numbers and reasons."""
-    from sluice import promotions
+    from sluice.stages import promotions
 
     lake = lake or Lake(settings)
     if not lake.exists(MODEL_DECISIONS):
@@ -198,7 +198,7 @@ def report_path(ds: str, name: str = "report.html") -> str:
 
 def drift_history(settings: Settings, lake: Lake | None = None) -> dict[str, Any]:
     """The drift share of every reported day, oldest first, with a link to its report."""
-    from sluice.drift import load_policy
+    from sluice.stages.drift import load_policy
 
     policy = load_policy()
     lake = lake or Lake(settings)
@@ -214,7 +214,7 @@ def drift_history(settings: Settings, lake: Lake | None = None) -> dict[str, Any
 
 def performance_history(settings: Settings, lake: Lake | None = None) -> dict[str, Any]:
     """Realised ROC-AUC / PR-AUC of every scored day whose labels matured, oldest first."""
-    from sluice.drift import load_policy
+    from sluice.stages.drift import load_policy
 
     policy = load_policy()
     lake = lake or Lake(settings)
@@ -378,8 +378,8 @@ def read_report(settings: Settings, ds: str, name: str = "report.html") -> bytes
     """
     from pyarrow import fs as pafs
 
-    from sluice.drift import REPORTS_PREFIX, report_uri
-    from sluice.storage import filesystem
+    from sluice.edges.storage import filesystem
+    from sluice.stages.drift import REPORTS_PREFIX, report_uri
 
     uri = report_uri(settings, ds, name)  # checks ds
     if name not in REPORT_FILES:

@@ -15,7 +15,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from sluice.sources.simulator import DEVICES, EVENT_TYPES, PLANS, REGIONS
+from sluice.edges.sources.simulator import DEVICES, EVENT_TYPES, PLANS, REGIONS
 from sluice.tables import RAW_EVENT_FIELDS
 
 MAX_DURATION_S = 86_400

@@ -1,7 +1,7 @@
 """Compose's variable rules, for every reader of a compose-style file (the twin, airflow_settings.yaml).
 
-Small on purpose: ``sluice.airflow_settings`` runs in the airflow-init container and
-needs these without the twin's process manager (``sluice.cluster``).
+Small on purpose: ``sluice.orchestration.settings_file`` runs in the airflow-init container and
+needs these without the twin's process manager (``sluice.ops.twin``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """weekly_retrain for day D: train a challenger on a pinned feature version, gate it, promote or not.
 
 I/O at the edges: the lake (features, decisions, promotions), MLflow (runs,
-registry). Training (``sluice.train``) and the decision (``sluice.gate``) are pure.
+registry). Training (``sluice.core.train``) and the decision (``sluice.core.gate``) are pure.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sluice import train as T
-from sluice.features import LABEL_HORIZON_DAYS
-from sluice.gate import Decision, GatePolicy, decide, forced, metrics
-from sluice.lake import Lake
-from sluice.lineage import RunContext, detected_code_version
-from sluice.promotions import effective_day, record_promotion
-from sluice.registry import CHALLENGER, CHAMPION, Registry
+from sluice.core import train as T
+from sluice.core.features import LABEL_HORIZON_DAYS
+from sluice.core.gate import Decision, GatePolicy, decide, forced, metrics
+from sluice.core.lineage import RunContext, detected_code_version
+from sluice.edges.lake import Lake
+from sluice.edges.registry import CHALLENGER, CHAMPION, Registry
 from sluice.settings import Settings
+from sluice.stages.promotions import effective_day, record_promotion
 from sluice.tables import FEATURES_CUSTOMER_DAILY, MODEL_DECISIONS, PARTITION_COLUMN
 
 log = logging.getLogger(__name__)

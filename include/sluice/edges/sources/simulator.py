@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from sluice.edges.sources import RAW_SCHEMA, conform
 from sluice.settings import Settings
-from sluice.sources import RAW_SCHEMA, conform
 
 PLANS = ("basic", "standard", "premium")
 REGIONS = ("na", "eu", "apac", "latam")

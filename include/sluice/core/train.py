@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sluice.features import CATEGORICAL, FEATURE_COLUMNS, LABEL_HORIZON_DAYS, WINDOWS
-from sluice.sources.simulator import CHANNELS, DEVICES, PLANS, REGIONS
+from sluice.core.features import CATEGORICAL, FEATURE_COLUMNS, LABEL_HORIZON_DAYS, WINDOWS
+from sluice.edges.sources.simulator import CHANNELS, DEVICES, PLANS, REGIONS
 from sluice.tables import PARTITION_COLUMN
 
 LABEL = "label_churn_30d"

@@ -27,7 +27,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 
 # SQLite lets one writer in at a time and gives up after 5 s by default. On a busy
@@ -40,11 +40,11 @@ SQLITE_CONNECT_ARGS = {"timeout": 120}
 # so what the scheduler imports once, every task inherits instead of importing again
 # (about 2 s of CPU per task). LightGBM is left out: OpenMP state must not cross a fork.
 LOCAL_SETTINGS = """\
-# Written by sluice.local_airflow: warm start for LocalExecutor tasks.
+# Written by sluice.ops.embedded: warm start for LocalExecutor tasks.
 import sys
 
 if sys.argv[1:2] == ["scheduler"]:
-    import sluice.pipeline  # noqa: F401  (pandas, pyarrow, deltalake, pandera)
+    import sluice.stages.etl  # noqa: F401  (pandas, pyarrow, deltalake, pandera)
 """
 TERMINAL = {"success", "failed"}
 
@@ -157,7 +157,7 @@ class LocalAirflow:
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "sluice.local_airflow.SQLITE_CONNECT_ARGS",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "sluice.ops.embedded.SQLITE_CONNECT_ARGS",
                 "AIRFLOW__API__PORT": str(self.port),
                 "AIRFLOW__API__BASE_URL": self.base_url,
                 "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
@@ -196,7 +196,7 @@ class LocalAirflow:
         """Apply airflow_settings.yaml (connections, pools, variables)."""
         path = path or self.project / "airflow_settings.yaml"
         subprocess.run(
-            [sys.executable, "-m", "sluice.airflow_settings", str(path)], env=self.env(), check=True
+            [sys.executable, "-m", "sluice.orchestration.settings_file", str(path)], env=self.env(), check=True
         )
 
     # -- processes -------------------------------------------------------------------

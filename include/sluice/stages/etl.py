@@ -13,12 +13,12 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from sluice import features as F
-from sluice.contracts import ContractViolation, split_by_contract
-from sluice.lake import Lake, LakeError
-from sluice.lineage import RunContext
+from sluice.core import features as F
+from sluice.core.contracts import ContractViolation, split_by_contract
+from sluice.core.lineage import RunContext
+from sluice.edges.lake import Lake, LakeError
+from sluice.edges.sources import Source, SourceError, make_source
 from sluice.settings import Settings
-from sluice.sources import Source, SourceError, make_source
 from sluice.tables import (
     CURATED_EVENTS,
     CUSTOMER_STATE,

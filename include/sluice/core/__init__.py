@@ -1,0 +1,1 @@
+"""The pure core: contract engine, feature engine, training, gate, lineage. No I/O."""

@@ -1,0 +1,1 @@
+"""The outside world: the lake, object storage, the registry, sources, publishing, alerts."""

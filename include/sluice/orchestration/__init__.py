@@ -1,0 +1,1 @@
+"""The Airflow-facing edge: run context, schedules, params, connections, the settings file."""

@@ -1,0 +1,1 @@
+"""One day of a stage: core functions joined to edges (etl, retrain, score, monitoring)."""

@@ -1,0 +1,1 @@
+"""What the Sluice view in the Airflow UI shows."""
