@@ -19,9 +19,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
-## Run ingest_raw and nightly_etl through Airflow (backfills) over a simulated history.
+## The whole loop of one use case through an embedded Airflow over a simulated history
+## (`make demo USE_CASE=purchases` for the other built-in one).
+USE_CASE ?= churn
 demo: install
-	$(BIN)/sluice demo
+	$(BIN)/sluice demo --use-case $(USE_CASE)
 
 ## Unit, model, DAG integrity and integration tests (real PostgreSQL, Redis, S3 server).
 test: install

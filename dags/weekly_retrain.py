@@ -1,13 +1,13 @@
 """
 # weekly_retrain
 
-Trains a **challenger** churn model and lets it replace the **champion** only when it
+Trains a **challenger** model of one use case and lets it replace the **champion** only when it
 is demonstrably better.
 
-1. `wait_for_features` waits until `features/customer_daily` has the as-of day D.
-2. `retrain_and_gate` reads `features/customer_daily` at **one pinned Delta version**,
-   keeps snapshot days whose 30-day label has matured by D (at most the last 60, none of
-   the lake's first 90 days: their 90-day windows are not full), splits them by time
+1. `wait_for_features` waits until `features/<entity>_daily` has the as-of day D.
+2. `retrain_and_gate` reads `features/<entity>_daily` at **one pinned Delta version**,
+   keeps snapshot days whose label has matured by D (at most the last `training.max_days`,
+   none of the lake's first `training.warmup_days`: their windows are not full), splits them by time
    (train, validation, holdout = the most recent matured days), trains LightGBM
    deterministically, logs params, metrics, plots and a model card to MLflow and
    registers a version. Champion and challenger are scored on the **same holdout**;
@@ -24,8 +24,10 @@ is demonstrably better.
   (run id `early_retrain__D`) when drift persists.
 * **Manual run params:** `partition_day` (as-of day), `dry_run` (decide, do not
   promote), `force_promote` with a required `reason` (recorded in the decision).
-* **Backfill:** `airflow backfill create --dag-id weekly_retrain --from-date 2026-05-04 --to-date 2026-05-25`
-* **Roll back:** `sluice model rollback --reason "..."`.
+* **Backfill:** `airflow backfill create --dag-id <use case>__weekly_retrain --from-date 2026-05-04 --to-date 2026-05-25`
+* **Roll back:** `sluice model rollback --use-case NAME --reason "..."`.
+
+One DAG per use case of `SLUICE_USE_CASES` (`<use case>__weekly_retrain`).
 """
 
 from __future__ import annotations
@@ -34,68 +36,84 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from sluice.orchestration.context import DEFAULT_ARGS, START_DATE, partition_day_param, weekly
-from sluice.tables import FEATURES_CUSTOMER_DAILY, MODEL_DECISIONS
-
-
-@dag(
-    schedule=weekly(),
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,  # one retraining at a time: each gate compares against the current champion
-    default_args=DEFAULT_ARGS,
-    tags=["sluice", "training", "models"],
-    params={
-        "partition_day": partition_day_param(),
-        "dry_run": Param(False, type="boolean", title="Dry run", description="Decide and record, but move no alias."),
-        "force_promote": Param(
-            False,
-            type="boolean",
-            title="Force promotion",
-            description="Promote the challenger whatever the gate says. Needs a reason.",
-        ),
-        "reason": Param(
-            "",
-            type="string",
-            maxLength=500,
-            title="Reason",
-            description="Why a promotion is forced (required with force_promote); recorded in the decision.",
-        ),
-    },
-    doc_md=__doc__,
+from sluice.orchestration.context import (
+    DEFAULT_ARGS,
+    START_DATE,
+    asset_name,
+    dag_id,
+    deployed_use_cases,
+    partition_day_param,
+    tags,
+    weekly,
 )
-def weekly_retrain():
-    @task.sensor(poke_interval=60, timeout=dt.timedelta(hours=12), mode="reschedule")
-    def wait_for_features() -> bool:
-        from sluice.orchestration.context import as_of_day, partition_ready
-
-        return partition_ready(FEATURES_CUSTOMER_DAILY.name, as_of_day(get_current_context()))
-
-    @task(pool="training", outlets=[Asset(MODEL_DECISIONS.asset_name)])
-    def retrain_and_gate() -> dict:
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-        from sluice.core.train import NotEnoughData
-        from sluice.orchestration.context import as_of_day, run_context, runtime_settings
-        from sluice.stages.retrain import retrain
-
-        context = get_current_context()
-        params = context["params"]
-        if params.get("force_promote") and not str(params.get("reason") or "").strip():
-            raise AirflowFailException("force_promote needs a reason")
-        try:
-            return retrain(
-                runtime_settings(),
-                as_of_day(context),
-                run_context(context),
-                dry_run=bool(params.get("dry_run")),
-                force_promote=bool(params.get("force_promote")),
-                reason=params.get("reason") or None,
-            )
-        except NotEnoughData as exc:
-            raise AirflowSkipException(f"no retraining this week: {exc}") from exc
-
-    wait_for_features() >> retrain_and_gate()
+from sluice.tables import MODEL_DECISIONS
 
 
-weekly_retrain()
+def weekly_retrain(ref: str, name: str) -> None:
+    @dag(
+        dag_id=dag_id(name, "weekly_retrain"),
+        schedule=weekly(),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,  # one retraining at a time: each gate compares against the current champion
+        default_args=DEFAULT_ARGS,
+        tags=tags(name, "training", "models"),
+        params={
+            "partition_day": partition_day_param(),
+            "dry_run": Param(
+                False, type="boolean", title="Dry run", description="Decide and record, but move no alias."
+            ),
+            "force_promote": Param(
+                False,
+                type="boolean",
+                title="Force promotion",
+                description="Promote the challenger whatever the gate says. Needs a reason.",
+            ),
+            "reason": Param(
+                "",
+                type="string",
+                maxLength=500,
+                title="Reason",
+                description="Why a promotion is forced (required with force_promote); recorded in the decision.",
+            ),
+        },
+        doc_md=__doc__,
+    )
+    def pipeline() -> None:
+        @task.sensor(poke_interval=60, timeout=dt.timedelta(hours=12), mode="reschedule")
+        def wait_for_features() -> bool:
+            from sluice.orchestration.context import as_of_day, partition_ready
+
+            return partition_ready(ref, "features", as_of_day(get_current_context()))
+
+        @task(pool="training", outlets=[Asset(asset_name(name, MODEL_DECISIONS.name))])
+        def retrain_and_gate() -> dict:
+            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+            from sluice.core.train import NotEnoughData
+            from sluice.orchestration.context import as_of_day, run_context, runtime_settings
+            from sluice.stages.retrain import retrain
+
+            context = get_current_context()
+            params = context["params"]
+            if params.get("force_promote") and not str(params.get("reason") or "").strip():
+                raise AirflowFailException("force_promote needs a reason")
+            try:
+                return retrain(
+                    runtime_settings(ref),
+                    as_of_day(context),
+                    run_context(context),
+                    dry_run=bool(params.get("dry_run")),
+                    force_promote=bool(params.get("force_promote")),
+                    reason=params.get("reason") or None,
+                )
+            except NotEnoughData as exc:
+                raise AirflowSkipException(f"no retraining this week: {exc}") from exc
+
+        wait_for_features() >> retrain_and_gate()
+
+    pipeline()
+
+
+for _ref, _name in deployed_use_cases():
+    weekly_retrain(_ref, _name)

@@ -59,10 +59,14 @@ def create_app() -> Any:
             raise HTTPException(status_code=403, detail="Forbidden: the Sluice view needs read access to DAGs")
         return user
 
-    def settings() -> Any:
+    def settings(use_case: str | None = None) -> Any:
         from sluice.settings import load_settings
+        from sluice.ui import view
 
-        return load_settings()
+        try:
+            return view.for_use_case(load_settings(), use_case)
+        except view.UnknownUseCase as exc:
+            raise HTTPException(status_code=404, detail="No such use case") from exc
 
     def warm_up() -> None:
         try:
@@ -98,23 +102,23 @@ def create_app() -> Any:
     }
 
     @app.get("/", response_class=HTMLResponse)
-    def page() -> HTMLResponse:
+    def page(use_case: str | None = None) -> HTMLResponse:
         from sluice.ui import view
 
-        return HTMLResponse(view.render_page(view.overview(settings())), headers=page_headers)
+        return HTMLResponse(view.render_page(view.overview(settings(use_case))), headers=page_headers)
 
     @app.get("/api/overview")
-    def overview() -> JSONResponse:
+    def overview(use_case: str | None = None) -> JSONResponse:
         from sluice.ui import view
 
-        return JSONResponse(view.overview(settings()), headers={"Cache-Control": "no-store"})
+        return JSONResponse(view.overview(settings(use_case)), headers={"Cache-Control": "no-store"})
 
     @app.get("/reports/{ds}/{name}")
-    def report(ds: str, name: str) -> Response:
+    def report(ds: str, name: str, use_case: str | None = None) -> Response:
         from sluice.ui import view
 
         try:
-            body = view.read_report(settings(), ds, name)
+            body = view.read_report(settings(use_case), ds, name)
         except ValueError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
         except view.ReportNotFound as exc:  # the reason (with lake paths) goes to the log, not to the client

@@ -12,12 +12,37 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+USE_CASE_SPEC = "usecase.yaml"
 
 
 def _default_home() -> Path:
     return Path(os.environ.get("SLUICE_HOME", os.getcwd())).resolve()
+
+
+def builtin_use_case_folder() -> Path:
+    """``include/usecases``: the folders of the use cases that ship with Sluice (found, not imported)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("usecases")
+    if found is not None and found.submodule_search_locations:
+        return Path(next(iter(found.submodule_search_locations)))
+    return Path(__file__).resolve().parents[1] / "usecases"
+
+
+def builtin_use_cases() -> list[str]:
+    folder = builtin_use_case_folder()
+    return sorted(p.parent.name for p in folder.glob(f"*/{USE_CASE_SPEC}")) if folder.is_dir() else []
+
+
+def use_case_name(ref: str) -> str:
+    """The name a use case goes by (lake prefix, model, DAG ids): a built-in name, or its folder's name."""
+    path = Path(ref)
+    if path.name == USE_CASE_SPEC:
+        path = path.parent
+    return path.name
 
 
 class Settings(BaseSettings):
@@ -40,8 +65,18 @@ class Settings(BaseSettings):
     mlflow_artifact_uri: str | None = Field(
         default=None, description="Where MLflow keeps model files; default: <lake>/artifacts/mlflow (same store)."
     )
-    model_name: str = "sluice-churn"
-    experiment_name: str = "sluice-churn"
+    model_name: str | None = Field(default=None, description="Registered model; default sluice-<use case>.")
+    experiment_name: str | None = Field(default=None, description="MLflow experiment; default sluice-<use case>.")
+
+    # --- use cases -----------------------------------------------------------
+    use_cases: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Use cases of this deployment, comma-separated built-in names or folders; "
+        "empty: every built-in use case.",
+    )
+    use_case: str = Field(
+        default="", description="The use case this process works on (a name or folder); default: the first one."
+    )
 
     # --- source --------------------------------------------------------------
     source: Literal["simulator", "postgres", "files"] = "simulator"
@@ -65,17 +100,50 @@ class Settings(BaseSettings):
     )
 
     # --- training ------------------------------------------------------------
-    train_warmup_days: int = Field(
-        default=90,
-        ge=0,
-        description="Snapshots of the lake's first N days are never trained on: their 90-day windows are not full.",
+    # --- overrides of the use case's spec (unset: the spec decides) ------------
+    train_warmup_days: int | None = Field(
+        default=None, ge=0, description="Override: snapshots of the lake's first N days are never trained on."
     )
-    train_max_days: int = Field(
-        default=60, ge=7, description="Train on at most the last N matured snapshot days (a rolling window)."
+    train_max_days: int | None = Field(default=None, ge=7, description="Override: train on at most N snapshot days.")
+    contract_max_invalid_share: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Override: above this invalid share a day fails."
     )
 
-    # --- contract ------------------------------------------------------------
-    contract_max_invalid_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    @field_validator("use_cases", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _default_use_case(self) -> Settings:
+        if not self.use_cases:
+            self.use_cases = builtin_use_cases()
+        if not self.use_case and self.use_cases:
+            self.use_case = self.use_cases[0]
+        return self
+
+    @property
+    def use_case_name(self) -> str:
+        return use_case_name(self.use_case) if self.use_case else ""
+
+    def for_use_case(self, ref: str) -> Settings:
+        """The same deployment, working on use case ``ref`` (its own lake prefix, model, targets)."""
+        return self.model_copy(update={"use_case": ref})
+
+    @property
+    def lake_root(self) -> str:
+        """The use case's own part of the lake: ``<lake_uri>/<use case>``."""
+        return f"{self.lake_uri}/{self.use_case_name}" if self.use_case_name else self.lake_uri
+
+    @property
+    def model(self) -> str:
+        return self.model_name or f"sluice-{self.use_case_name}"
+
+    @property
+    def experiment(self) -> str:
+        return self.experiment_name or f"sluice-{self.use_case_name}"
 
     @field_validator("sim_defect_days", mode="before")
     @classmethod
@@ -100,7 +168,7 @@ class Settings(BaseSettings):
 
     @property
     def landing(self) -> str:
-        return self.landing_uri or f"{self.lake_uri}/landing/events"
+        return self.landing_uri or f"{self.lake_root}/landing/events"
 
     def storage_options(self) -> dict[str, str]:
         """Options for delta-rs / object_store. Empty on the local filesystem."""

@@ -49,116 +49,14 @@ class Table:
         return [n for n, _ in self.fields]
 
 
-def _schema(*fields: tuple[str, str]) -> Fields:
+def partitioned(*fields: tuple[str, str]) -> Fields:
+    """The fields of a table partitioned by day: ``ds`` last."""
     return (*fields, (PARTITION_COLUMN, "string"))
 
 
-# Raw events are kept exactly as the source delivered them: every field as text,
-# so that a malformed value survives to be judged (and quarantined) by the contract.
-RAW_EVENT_FIELDS = [
-    "event_id",
-    "customer_id",
-    "event_time",
-    "event_type",
-    "duration_s",
-    "amount",
-    "plan",
-    "region",
-    "channel",
-    "device",
-    "signup_date",
-]
-
-RAW_EVENTS = Table(
-    "raw/events",
-    _schema(*[(name, "string") for name in RAW_EVENT_FIELDS]),
-    "Events of day ds as extracted from the source, untyped.",
-)
-
-QUARANTINE_EVENTS = Table(
-    "quarantine/events",
-    _schema(
-        *[(name, "string") for name in RAW_EVENT_FIELDS],
-        ("failed_columns", "string"),
-        ("failed_checks", "string"),
-    ),
-    "Raw rows of day ds that failed the contract, with the columns and checks they failed.",
-)
-
-CURATED_EVENTS = Table(
-    "curated/events",
-    _schema(
-        ("event_id", "string"),
-        ("customer_id", "int64"),
-        ("event_time", "timestamp_utc"),
-        ("event_type", "string"),
-        ("duration_s", "float64"),
-        ("amount", "float64"),
-        ("plan", "string"),
-        ("region", "string"),
-        ("channel", "string"),
-        ("device", "string"),
-        ("signup_date", "date32"),
-    ),
-    "Valid, typed, de-duplicated events of day ds.",
-)
-
-CUSTOMER_STATE = Table(
-    "state/customer_cumulative",
-    _schema(
-        ("customer_id", "int64"),
-        ("first_event_date", "date32"),
-        ("last_event_date", "date32"),
-        ("cum_sessions", "int64"),
-        ("cum_session_seconds", "int64"),
-        ("cum_orders", "int64"),
-        ("cum_spend_cents", "int64"),
-        ("cum_tickets", "int64"),
-        ("cum_active_days", "int64"),
-        ("plan", "string"),
-        ("region", "string"),
-        ("channel", "string"),
-        ("device", "string"),
-        ("signup_date", "date32"),
-    ),
-    "Per-customer running totals up to and including ds; windows are differences of two days.",
-)
-
-FEATURES_CUSTOMER_DAILY = Table(
-    "features/customer_daily",
-    _schema(
-        ("customer_id", "int64"),
-        ("tenure_days", "int32"),
-        ("days_since_last_event", "int32"),
-        ("sessions_7d", "int32"),
-        ("sessions_30d", "int32"),
-        ("sessions_90d", "int32"),
-        ("session_minutes_7d", "float64"),
-        ("session_minutes_30d", "float64"),
-        ("orders_30d", "int32"),
-        ("orders_90d", "int32"),
-        ("spend_7d", "float64"),
-        ("spend_30d", "float64"),
-        ("spend_90d", "float64"),
-        ("tickets_30d", "int32"),
-        ("tickets_90d", "int32"),
-        ("active_days_7d", "int32"),
-        ("active_days_30d", "int32"),
-        ("active_days_90d", "int32"),
-        ("sessions_trend_7_30", "float64"),
-        ("spend_per_order_90d", "float64"),
-        ("plan", "string"),
-        ("region", "string"),
-        ("channel", "string"),
-        ("device", "string"),
-        ("label_churn_30d", "int8"),
-    ),
-    "Point-in-time features of every active customer as of ds; label filled once its horizon closes.",
-)
-
 MODEL_DECISIONS = Table(
     "models/decisions",
-    _schema(
+    partitioned(
         ("model_version", "string"),
         ("champion_version", "string"),
         ("promote", "bool_"),
@@ -176,7 +74,7 @@ MODEL_DECISIONS = Table(
 
 MODEL_PROMOTIONS = Table(
     "models/promotions",
-    _schema(
+    partitioned(
         ("model_version", "string"),
         ("previous_version", "string"),
         ("forced", "bool_"),
@@ -188,21 +86,9 @@ MODEL_PROMOTIONS = Table(
     "History of the champion: from day ds on, model_version scores (the last row of a day wins).",
 )
 
-PREDICTIONS_CHURN = Table(
-    "predictions/churn",
-    _schema(
-        ("customer_id", "int64"),
-        ("score", "float64"),
-        ("risk_band", "string"),
-        ("model_version", "string"),
-        ("feature_table_version", "int64"),
-    ),
-    "Churn score of every customer in the features of ds, with the model and feature versions used.",
-)
-
 DRIFT_HISTORY = Table(
     "monitoring/drift_history",
-    _schema(
+    partitioned(
         ("drift_share", "float64"),
         ("drifted_columns", "string"),  # JSON list
         ("n_columns", "int32"),
@@ -213,13 +99,14 @@ DRIFT_HISTORY = Table(
         ("reference_feature_version", "int64"),
         ("report_uri", "string"),
         ("alert", "bool_"),
+        ("skipped_columns", "string"),  # JSON object: column -> why it was not compared ("all null", "constant")
     ),
     "One summary row per day ds of the drift report (features and predictions of ds vs the champion's training data).",
 )
 
 PERFORMANCE_HISTORY = Table(
     "monitoring/performance_history",
-    _schema(
+    partitioned(
         ("model_version", "string"),
         ("roc_auc", "float64"),
         ("pr_auc", "float64"),
@@ -228,13 +115,13 @@ PERFORMANCE_HISTORY = Table(
         ("evaluated_on", "string"),
         ("alert", "bool_"),
     ),
-    "Realised performance of the model that scored day ds, once its labels matured (evaluated_on = ds + 30).",
+    "Realised performance of the model that scored day ds, once its labels matured (evaluated_on = ds + horizon).",
 )
 
 # Early retrainings triggered by drift, so that the cooldown survives restarts and backfills.
 EARLY_RETRAINS = Table(
     "monitoring/early_retrains",
-    _schema(
+    partitioned(
         ("model_version", "string"),
         ("drift_days", "string"),  # JSON list of the days over the threshold
         ("reason", "string"),
@@ -246,13 +133,9 @@ EARLY_RETRAINS = Table(
     "Early retrainings of the champion triggered by drift_report on day ds.",
 )
 
-ALL_TABLES: tuple[Table, ...] = (
-    RAW_EVENTS,
-    QUARANTINE_EVENTS,
-    CURATED_EVENTS,
-    CUSTOMER_STATE,
-    FEATURES_CUSTOMER_DAILY,
-    PREDICTIONS_CHURN,
+# The tables of every use case (raw, quarantine, curated, state, features, predictions)
+# depend on its spec: ``UseCase.tables`` builds them. These are the same for all.
+RECORD_TABLES: tuple[Table, ...] = (
     MODEL_DECISIONS,
     MODEL_PROMOTIONS,
     DRIFT_HISTORY,
@@ -261,8 +144,8 @@ ALL_TABLES: tuple[Table, ...] = (
 )
 
 
-def by_name(name: str) -> Table:
-    for table in ALL_TABLES:
+def by_name(name: str, tables: tuple[Table, ...] = RECORD_TABLES) -> Table:
+    for table in tables:
         if table.name == name:
             return table
-    raise KeyError(f"unknown table {name!r}; known: {[t.name for t in ALL_TABLES]}")
+    raise KeyError(f"unknown table {name!r}; known: {[t.name for t in tables]}")

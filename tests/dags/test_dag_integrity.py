@@ -1,9 +1,14 @@
 """DAG integrity: every file imports, every DAG is configured on purpose, and parsing
 the DAG folder makes no metadata-DB query, looks up no connection or variable, and
-imports none of the heavy libraries (they belong inside task bodies)."""
+imports none of the heavy libraries (they belong inside task bodies).
+
+Each file of dags/ builds one DAG per use case of ``SLUICE_USE_CASES``: here two
+(churn and purchases), so the folder must parse into both sets of five DAGs.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -12,9 +17,13 @@ from unittest import mock
 
 import pytest
 
+from sluice.orchestration.context import STAGES, dag_id
+
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
-EXPECTED_DAGS = {"ingest_raw", "nightly_etl", "weekly_retrain", "batch_score", "drift_report"}
+USE_CASES = ("churn", "purchases")
+DEPLOYED = {"SLUICE_USE_CASES": ",".join(USE_CASES)}
+EXPECTED_DAGS = {dag_id(uc, stage): (uc, stage) for uc in USE_CASES for stage in STAGES}
 DAILY = ("ingest_raw", "nightly_etl", "batch_score", "drift_report")
 HEAVY = ("pandas", "pandera", "deltalake", "lightgbm", "mlflow", "sklearn", "evidently", "boto3", "psycopg2")
 
@@ -27,9 +36,9 @@ def _refuse(*args: object, **kwargs: object) -> None:
     raise _Forbidden(f"connection or variable looked up while parsing: {args}")
 
 
-@pytest.fixture(scope="module")
-def dagbag(migrated_db: None):
-    """Parse the DAG folder while counting DB queries and refusing connection/variable lookups."""
+def _parse(use_cases: str):
+    """Parse the DAG folder for ``SLUICE_USE_CASES=use_cases`` while counting DB queries and
+    refusing connection/variable lookups."""
     import airflow.settings as settings
     from airflow.dag_processing.dagbag import DagBag
     from sqlalchemy import event
@@ -40,6 +49,7 @@ def dagbag(migrated_db: None):
         queries.append(statement)
 
     with ExitStack() as stack:
+        stack.enter_context(mock.patch.dict(os.environ, {"SLUICE_USE_CASES": use_cases}))
         stack.enter_context(mock.patch("airflow.sdk.execution_time.context._get_connection", side_effect=_refuse))
         stack.enter_context(mock.patch("airflow.sdk.execution_time.context._get_variable", side_effect=_refuse))
         stack.enter_context(mock.patch("airflow.models.variable.Variable.get", side_effect=_refuse))
@@ -55,13 +65,26 @@ def dagbag(migrated_db: None):
     return bag
 
 
-def test_every_dag_file_imports(dagbag) -> None:
+@pytest.fixture(scope="module")
+def dagbag(migrated_db: None):
+    return _parse(DEPLOYED["SLUICE_USE_CASES"])
+
+
+def test_every_dag_file_imports_into_five_dags_per_use_case(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dags) == EXPECTED_DAGS
+    assert set(dagbag.dags) == set(EXPECTED_DAGS)
+    assert len(dagbag.dags) == 10
 
 
 def test_parsing_makes_no_metadata_query(dagbag) -> None:
     assert dagbag.parse_queries == []
+
+
+def test_a_deployment_parses_only_its_own_use_cases(migrated_db: None) -> None:
+    bag = _parse("purchases")
+    assert bag.import_errors == {}
+    assert set(bag.dags) == {dag_id("purchases", stage) for stage in STAGES}
+    assert bag.parse_queries == []
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
@@ -71,15 +94,19 @@ def test_parsing_imports_no_heavy_library(dag_file: Path) -> None:
         f"runpy.run_path({str(dag_file)!r})\n"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ | DEPLOYED
+    )
     assert out.stdout.strip().splitlines()[-1:] in ([], [""]), f"{dag_file.name} imports {out.stdout.strip()} at parse time"
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAGS))
 def test_dag_is_configured_on_purpose(dagbag, dag_id: str) -> None:
+    use_case, stage = EXPECTED_DAGS[dag_id]
     dag = dagbag.dags[dag_id]
-    assert dag.dag_id == Path(dag.fileloc).stem, "dag_id must be the file stem"
-    assert dag.tags, "every DAG needs tags"
+    assert Path(dag.fileloc).stem == stage, "each stage's file builds that stage's DAGs"
+    assert dag.dag_id == f"{use_case}__{stage}"
+    assert "sluice" in dag.tags and f"use_case:{use_case}" in dag.tags, dag.tags
     assert dag.doc_md and "backfill" in dag.doc_md, "doc_md must say how to backfill"
     assert dag.max_active_runs is not None
     assert dag.catchup is False
@@ -89,7 +116,15 @@ def test_dag_is_configured_on_purpose(dagbag, dag_id: str) -> None:
         assert task.retry_delay.total_seconds() > 0
 
 
-@pytest.mark.parametrize("dag_id", DAILY)
+def test_assets_are_named_per_use_case(dagbag) -> None:
+    """Each use case's tasks mark its own assets: an update of churn's features never looks like purchases'."""
+    for dag_id_, (use_case, _stage) in EXPECTED_DAGS.items():
+        for task in dagbag.dags[dag_id_].tasks:
+            for outlet in task.outlets:
+                assert outlet.name.startswith(f"sluice.{use_case}."), (dag_id_, task.task_id, outlet.name)
+
+
+@pytest.mark.parametrize("dag_id", sorted(d for d, (_, stage) in EXPECTED_DAGS.items() if stage in DAILY))
 def test_daily_dags_have_a_whole_day_data_interval(dagbag, dag_id: str) -> None:
     import datetime as dt
 
@@ -121,10 +156,11 @@ def test_partition_day_param_rejects_bad_values(dagbag, dag_id: str) -> None:
             param.resolve(bad)
 
 
-def test_weekly_retrain_runs_in_the_training_pool_with_typed_params(dagbag) -> None:
+@pytest.mark.parametrize("use_case", USE_CASES)
+def test_weekly_retrain_runs_in_the_training_pool_with_typed_params(dagbag, use_case: str) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
-    dag = dagbag.dags["weekly_retrain"]
+    dag = dagbag.dags[dag_id(use_case, "weekly_retrain")]
     assert dag.get_task("retrain_and_gate").pool == "training"
     assert dag.max_active_runs == 1
     params = dag.params
@@ -148,10 +184,27 @@ def test_weekly_retrain_as_of_day_is_the_sunday_that_ends_the_week() -> None:
     assert as_of_day({"params": {"partition_day": "2026-02-20"}}) == dt.date(2026, 2, 20)
 
 
+@pytest.mark.parametrize("use_case", USE_CASES)
+def test_drift_report_triggers_its_own_use_cases_retraining(dagbag, use_case: str) -> None:
+    trigger = dagbag.dags[dag_id(use_case, "drift_report")].get_task("trigger_weekly_retrain")
+    assert trigger.trigger_dag_id == dag_id(use_case, "weekly_retrain")
+
+
+class _RecordingTI:
+    """A task instance that answers get_dr_count with 0 and remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict] = []
+
+    def get_dr_count(self, **kwargs: object) -> int:
+        self.asked.append(kwargs)
+        return 0
+
+
 def test_batch_score_waits_for_the_retraining_whose_promotion_takes_effect_on_its_day(dagbag) -> None:
     """Scoring Monday D+1 waits for the weekly run decided as of Sunday D (found by the logical date
     the real timetable gives that run) and for an early retrain after drift_report D; other days
-    wait only for an early retrain."""
+    wait only for an early retrain. Each use case's sensor asks about its own `<use case>__weekly_retrain`."""
     import datetime as dt
 
     from airflow.serialization.encoders import coerce_to_core_timetable
@@ -160,9 +213,10 @@ def test_batch_score_waits_for_the_retraining_whose_promotion_takes_effect_on_it
     from sluice.orchestration.context import as_of_day, retrain_runs_taking_effect_on
     from sluice.stages.promotions import effective_day
 
-    dag = dagbag.dags["batch_score"]
-    assert {"wait_for_features", "wait_for_retraining"} <= dag.get_task("score_customers").upstream_task_ids
-    timetable = coerce_to_core_timetable(dagbag.dags["weekly_retrain"].timetable)
+    for use_case in USE_CASES:
+        dag = dagbag.dags[dag_id(use_case, "batch_score")]
+        assert {"wait_for_features", "wait_for_retraining"} <= dag.get_task("score_entities").upstream_task_ids
+    timetable = coerce_to_core_timetable(dagbag.dags[dag_id("churn", "weekly_retrain")].timetable)
     info = timetable.next_dagrun_info(
         last_automated_data_interval=DataInterval(
             dt.datetime(2026, 5, 4, tzinfo=dt.UTC), dt.datetime(2026, 5, 11, tzinfo=dt.UTC)
@@ -177,3 +231,14 @@ def test_batch_score_waits_for_the_retraining_whose_promotion_takes_effect_on_it
     assert retrain_runs_taking_effect_on(monday) == ([info.logical_date], ["early_retrain__2026-05-17"])
     for day in (dt.date(2026, 5, 17), dt.date(2026, 5, 19), dt.date(2026, 5, 24)):
         assert retrain_runs_taking_effect_on(day) == ([], [f"early_retrain__{day - dt.timedelta(days=1)}"])
+
+    # The sensor itself, run with a task instance that records the runs it asks about.
+    for use_case in USE_CASES:
+        sensor = dagbag.dags[dag_id(use_case, "batch_score")].get_task("wait_for_retraining")
+        ti = _RecordingTI()
+        context = {"ti": ti, "params": {"partition_day": monday.isoformat()}}
+        with mock.patch.dict(sensor.python_callable.__globals__, {"get_current_context": lambda: context}):
+            assert sensor.python_callable() is True
+        assert {a["dag_id"] for a in ti.asked} == {dag_id(use_case, "weekly_retrain")}, ti.asked
+        assert [a.get("logical_dates") for a in ti.asked if a.get("logical_dates")] == [[info.logical_date]]
+        assert [a.get("run_ids") for a in ti.asked if a.get("run_ids")] == [["early_retrain__2026-05-17"]]

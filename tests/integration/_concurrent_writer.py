@@ -4,7 +4,7 @@
 
 Imports and prepares everything, touches READY_FILE, waits for GO_FILE (so that all
 writers hit the store at the same moment), writes ROWS rows tagged TAG into partition
-DS with ``Lake.write_partition`` and prints ``{"ds", "tag", "rows", "version"}`` as JSON.
+DS of the churn use case with ``Lake.write_partition`` and prints ``{"ds", "tag", "rows", "version"}`` as JSON.
 """
 
 from __future__ import annotations
@@ -18,20 +18,25 @@ import pandas  # noqa: F401  (imported by the writer anyway; keep its cost befor
 import pyarrow as pa
 
 from sluice.core.lineage import RunContext
+from sluice.core.usecase import EXTRA_COLUMN, load_use_case
 from sluice.edges.lake import Lake
 from sluice.settings import load_settings
-from sluice.tables import PARTITION_COLUMN, RAW_EVENT_FIELDS, RAW_EVENTS
+from sluice.tables import PARTITION_COLUMN
 
 
 def main(argv: list[str]) -> int:
     lake_uri, endpoint, ds, rows, tag, ready, go = argv
     n = int(rows)
-    lake = Lake(load_settings(lake_uri=lake_uri, s3_endpoint_url=endpoint))
-    columns = {name: [f"{tag}:{name}:{i}" for i in range(n)] for name in RAW_EVENT_FIELDS}
+    settings = load_settings(lake_uri=lake_uri, s3_endpoint_url=endpoint, use_case="churn")
+    uc = load_use_case(settings.use_case)
+    raw_events = uc.tables.raw
+    lake = Lake(settings)
+    columns: dict[str, list] = {name: [f"{tag}:{name}:{i}" for i in range(n)] for name in uc.raw_fields}
+    columns[EXTRA_COLUMN] = [None] * n
     columns[PARTITION_COLUMN] = [ds] * n
-    data = pa.table(columns)
+    data = pa.table(columns, schema=raw_events.schema)
     lineage = RunContext(dag_id="integration", run_id=tag).lineage(ds, {}, writer=tag, rows=n)
-    lake.exists(RAW_EVENTS)  # open the object store client before the barrier
+    lake.exists(raw_events)  # open the object store client before the barrier
 
     Path(ready).touch()
     deadline = time.monotonic() + 120
@@ -41,7 +46,7 @@ def main(argv: list[str]) -> int:
             return 2
         time.sleep(0.005)
 
-    version = lake.write_partition(RAW_EVENTS, ds, data, lineage)
+    version = lake.write_partition(raw_events, ds, data, lineage)
     print(json.dumps({"ds": ds, "tag": tag, "rows": n, "version": version}))
     return 0
 

@@ -148,10 +148,13 @@ def bucket(s3_client) -> str:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def s3_settings(bucket: str, s3_endpoint: str, aws_env: None):  # type: ignore[no-untyped-def]
-    """Settings whose lake lives in this test's bucket on the moto server."""
+    """Settings of the churn use case whose lake lives in this test's bucket on the moto server.
+
+    The lake of a use case is ``<lake_uri>/<use case>``: here ``s3://<bucket>/sluice/churn``.
+    """
     from sluice.settings import load_settings
 
-    return load_settings(lake_uri=f"s3://{bucket}/sluice", s3_endpoint_url=s3_endpoint)
+    return load_settings(lake_uri=f"s3://{bucket}/sluice", s3_endpoint_url=s3_endpoint, use_case="churn")
 
 
 # -- PostgreSQL -------------------------------------------------------------------------

@@ -18,20 +18,24 @@ import pyarrow.compute as pc
 import pytest
 
 from sluice.core.lineage import RunContext
+from sluice.core.usecase import EXTRA_COLUMN, load_use_case
 from sluice.edges.lake import Lake, LakeError
-from sluice.tables import ALL_TABLES, CURATED_EVENTS, PARTITION_COLUMN, RAW_EVENT_FIELDS, RAW_EVENTS
+from sluice.tables import PARTITION_COLUMN, RECORD_TABLES
 
 from .conftest import DUMMY_KEY_ID, DUMMY_SECRET
 
 pytestmark = pytest.mark.integration
 
 WRITER = Path(__file__).with_name("_concurrent_writer.py")
+CHURN = load_use_case("churn")
+RAW_EVENTS, CURATED_EVENTS = CHURN.tables.raw, CHURN.tables.curated
 
 
-def raw_rows(ds: str, n: int, tag: str) -> pa.Table:
-    columns = {name: [f"{tag}:{name}:{i}" for i in range(n)] for name in RAW_EVENT_FIELDS}
+def raw_rows(ds: str, n: int, tag: str, uc=CHURN) -> pa.Table:  # type: ignore[no-untyped-def]
+    columns: dict[str, list] = {name: [f"{tag}:{name}:{i}" for i in range(n)] for name in uc.raw_fields}
+    columns[EXTRA_COLUMN] = [None] * n
     columns[PARTITION_COLUMN] = [ds] * n
-    return pa.table(columns)
+    return pa.table(columns, schema=uc.tables.raw.schema)
 
 
 def ctx(run_id: str) -> RunContext:
@@ -51,7 +55,9 @@ def test_settings_point_the_lake_at_the_s3_server(s3_settings, s3_endpoint, buck
     assert opts["AWS_ALLOW_HTTP"] == "true"
     assert opts["AWS_CONDITIONAL_PUT"] == "etag"
     assert opts["AWS_ACCESS_KEY_ID"] == DUMMY_KEY_ID
-    assert Lake(s3_settings).uri(RAW_EVENTS) == f"s3://{bucket}/sluice/raw/events"
+    # Every table of a use case lives under <lake_uri>/<use case>.
+    assert s3_settings.lake_root == f"s3://{bucket}/sluice/churn"
+    assert Lake(s3_settings).uri(RAW_EVENTS) == f"s3://{bucket}/sluice/churn/raw/events"
 
 
 def test_write_read_versions_time_travel_and_lineage(s3_settings, s3_client, bucket) -> None:
@@ -74,11 +80,11 @@ def test_write_read_versions_time_travel_and_lineage(s3_settings, s3_client, buc
 
     # The objects really are in the bucket, Delta log included.
     keys = {
-        o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="sluice/raw/events/")["Contents"]
+        o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="sluice/churn/raw/events/")["Contents"]
     }
-    assert "sluice/raw/events/_delta_log/00000000000000000000.json" in keys
-    assert "sluice/raw/events/_delta_log/00000000000000000002.json" in keys
-    assert any(k.startswith(f"sluice/raw/events/ds={day1}/") and k.endswith(".parquet") for k in keys)
+    assert "sluice/churn/raw/events/_delta_log/00000000000000000000.json" in keys
+    assert "sluice/churn/raw/events/_delta_log/00000000000000000002.json" in keys
+    assert any(k.startswith(f"sluice/churn/raw/events/ds={day1}/") and k.endswith(".parquet") for k in keys)
 
     # Latest: day1 replaced, day2 untouched.
     assert sorted_rows(lake.read_partition(RAW_EVENTS, day1)) == sorted_rows(second)
@@ -175,7 +181,8 @@ def test_status_reports_every_table(s3_settings) -> None:
     )
 
     status = {s.table: s for s in lake.status()}
-    assert set(status) == {t.name for t in ALL_TABLES}
+    assert set(status) == {t.name for t in (*CHURN.tables.all(), *RECORD_TABLES)}
+    assert {t.name for t in lake.all_tables()} == set(status)
     raw = status[RAW_EVENTS.name]
     assert raw.version == 2
     assert raw.partitions == 2
@@ -190,6 +197,40 @@ def test_status_reports_every_table(s3_settings) -> None:
         0,
         None,
     )
+
+
+def test_use_cases_sharing_a_lake_uri_keep_to_their_own_prefix(s3_settings, s3_client, bucket) -> None:
+    """Two use cases in one deployment: the same table names, each under <lake_uri>/<use case>."""
+    purchases = load_use_case("purchases")
+    p_settings = s3_settings.for_use_case("purchases")
+    churn_lake, purchases_lake = Lake(s3_settings), Lake(p_settings)
+    assert purchases_lake.root == f"s3://{bucket}/sluice/purchases"
+    assert purchases.tables.raw.name == RAW_EVENTS.name == "raw/events"
+    assert purchases_lake.uri(purchases.tables.raw) == f"s3://{bucket}/sluice/purchases/raw/events"
+
+    day = "2026-03-01"
+    churn_lake.write_partition(RAW_EVENTS, day, raw_rows(day, 4, "c"), ctx("churn").lineage(day, {}))
+    purchases_lake.write_partition(
+        purchases.tables.raw, day, raw_rows(day, 6, "p", purchases), ctx("purchases").lineage(day, {})
+    )
+
+    # Each sees its own table at its own first version, with its own schema.
+    assert churn_lake.partition_rows(RAW_EVENTS) == {day: 4}
+    assert purchases_lake.partition_rows(purchases.tables.raw) == {day: 6}
+    assert churn_lake.version(RAW_EVENTS) == purchases_lake.version(purchases.tables.raw) == 0
+    got = purchases_lake.read_partition(purchases.tables.raw, day)
+    assert got.column_names == purchases.tables.raw.columns
+    assert "event_id" not in got.column_names and "purchased_at" in got.column_names
+    assert sorted(got.column("customer_id").to_pylist()) == sorted(f"p:customer_id:{i}" for i in range(6))
+    assert churn_lake.lineage(RAW_EVENTS).run_id == "churn"
+    assert purchases_lake.lineage(purchases.tables.raw).run_id == "purchases"
+    # Record tables are per use case as well: nothing of churn's shows in purchases' status.
+    status = {s.table: s for s in purchases_lake.status()}
+    assert set(status) == {t.name for t in (*purchases.tables.all(), *RECORD_TABLES)}
+    assert status["raw/events"].rows_total == 6
+
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="sluice/")["Contents"]]
+    assert {k.split("/")[1] for k in keys} == {"churn", "purchases"}
 
 
 # -- concurrent writers -------------------------------------------------------------

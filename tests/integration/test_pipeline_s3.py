@@ -8,20 +8,18 @@ import pandas as pd
 import pytest
 
 from sluice.core.lineage import RunContext
+from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake
-from sluice.edges.sources.simulator import SimulatorSource
 from sluice.settings import load_settings
 from sluice.stages import etl as pipeline
-from sluice.tables import (
-    CURATED_EVENTS,
-    CUSTOMER_STATE,
-    FEATURES_CUSTOMER_DAILY,
-    PARTITION_COLUMN,
-    QUARANTINE_EVENTS,
-    RAW_EVENTS,
-)
+from sluice.tables import PARTITION_COLUMN
+from usecases.churn.simulator import SimulatorSource
 
 pytestmark = pytest.mark.integration
+
+CHURN = load_use_case("churn")
+RAW_EVENTS, QUARANTINE_EVENTS, CURATED_EVENTS = CHURN.tables.raw, CHURN.tables.quarantine, CHURN.tables.curated
+CUSTOMER_STATE, FEATURES_CUSTOMER_DAILY = CHURN.tables.state, CHURN.tables.features
 
 DAYS = [dt.date(2026, 3, 1) + dt.timedelta(days=i) for i in range(5)]
 
@@ -49,20 +47,27 @@ def frame(lake: Lake, table, keys: list[str]) -> pd.DataFrame:
 def test_day_pipeline_on_s3_equals_the_same_on_file(s3_settings, tmp_path) -> None:
     # A few defects, so that quarantine/events has rows to compare as well.
     source = SimulatorSource(n_customers=500, seed=11, defect_rate=0.02)
-    local_settings = load_settings(lake_uri=(tmp_path / "lake").as_uri())
+    local_settings = load_settings(lake_uri=(tmp_path / "lake").as_uri(), use_case="churn")
 
     s3_runs = run_days(s3_settings, source)
     local_runs = run_days(local_settings, source)
 
     s3_lake, local_lake = Lake(s3_settings), Lake(local_settings)
     assert s3_lake.root.startswith("s3://") and local_lake.root.startswith("file://")
+    assert s3_lake.root.endswith("/churn") and local_lake.root.endswith("/churn")
 
     for s3_run, local_run in zip(s3_runs, local_runs):
         assert s3_run["ingest"]["rows"] == local_run["ingest"]["rows"] > 0
         assert s3_run["curate"] == local_run["curate"]
-        assert s3_run["curate"]["rows_in"] == s3_run["ingest"]["rows"]
-        assert 0 < s3_run["curate"]["quarantined"] < s3_run["curate"]["valid"]
-        assert s3_run["features"]["customers"] == local_run["features"]["customers"] > 0
+        curate = s3_run["curate"]
+        # Every row delivered is valid, quarantined, or an exact copy removed (a redelivery).
+        assert curate["rows_in"] == s3_run["ingest"]["rows"]
+        assert curate["valid"] + curate["quarantined"] + curate["duplicates_removed"] == curate["rows_in"]
+        assert 0 < curate["quarantined"] < curate["valid"]
+        assert not any("uniqueness" in failure for failure in curate["failures"])
+        assert s3_run["features"]["entities"] == local_run["features"]["entities"] > 0
+    # The simulator's defects include exact copies of rows: they were removed, and counted.
+    assert sum(run["curate"]["duplicates_removed"] for run in s3_runs) > 0
 
     days = [d.isoformat() for d in DAYS]
     for table in (RAW_EVENTS, CURATED_EVENTS, CUSTOMER_STATE, FEATURES_CUSTOMER_DAILY, QUARANTINE_EVENTS):
@@ -97,7 +102,7 @@ def test_day_pipeline_on_s3_equals_the_same_on_file(s3_settings, tmp_path) -> No
     assert lineage.ds == DAYS[-1].isoformat()
     assert lineage.inputs[CUSTOMER_STATE.name] == last["state_version"]
     assert lineage.inputs[CURATED_EVENTS.name] == s3_lake.version(CURATED_EVENTS)
-    assert lineage.extra["rows"] == last["customers"]
+    assert lineage.extra["rows"] == last["entities"]
 
 
 def test_rerunning_a_day_on_s3_is_idempotent(s3_settings) -> None:

@@ -20,16 +20,19 @@ import pandas as pd
 import pytest
 
 from sluice.core.lineage import RunContext
+from sluice.core.usecase import EXTRA_COLUMN, UseCase, load_use_case
 from sluice.edges.lake import Lake
 from sluice.settings import Settings, load_settings
 from sluice.stages import etl as pipeline
-from sluice.tables import RAW_EVENT_FIELDS, Table
+from sluice.tables import Table
 
 DAY = dt.date(2026, 3, 1)
 HISTORY_START = dt.date(2026, 1, 1)
 HISTORY_DAYS = 40  # > 30 so that snapshots get labelled, > 7 and 30 so that the windows use lagged state
 HISTORY_CUSTOMERS = 500
 HISTORY_SEED = 3
+# The reference use case: the settings below (no SLUICE_USE_CASE) work on it, its first built-in.
+CHURN: UseCase = load_use_case("churn")
 
 # Primary keys used to give frames read back from the lake a stable order.
 KEYS = {
@@ -90,7 +93,8 @@ def frame_of(lake: Lake, table: Table, ds: str | None = None, version: int | Non
 
 
 def raw_rows(n: int = 6, day: dt.date = DAY) -> pd.DataFrame:
-    """``n`` valid raw events of ``day``, every field as text (as a source delivers them)."""
+    """``n`` valid raw churn events of ``day``, every field as text (as a source delivers them:
+    the declared fields, then ``extra_fields``, null without undeclared fields)."""
     rows = []
     for i in range(n):
         kind = ("session", "order", "support_ticket")[i % 3]
@@ -107,9 +111,10 @@ def raw_rows(n: int = 6, day: dt.date = DAY) -> pd.DataFrame:
                 "channel": ("organic", "paid_search", "social", "referral", "partner")[i % 5],
                 "device": ("ios", "android", "web")[i % 3],
                 "signup_date": "2025-06-30",
+                EXTRA_COLUMN: None,
             }
         )
-    return pd.DataFrame(rows, columns=RAW_EVENT_FIELDS)
+    return pd.DataFrame(rows, columns=[*CHURN.raw_fields, EXTRA_COLUMN])
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +122,7 @@ def helpers() -> SimpleNamespace:
     """The helpers above, as a fixture (test modules do not import conftest)."""
     return SimpleNamespace(
         DAY=DAY,
+        uc=CHURN,
         day_range=day_range,
         run_day=run_day,
         run_days=run_days,

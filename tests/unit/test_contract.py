@@ -16,9 +16,10 @@ from sluice.core.contracts import (
     parse_events,
     split_by_contract,
 )
-from sluice.tables import QUARANTINE_EVENTS, RAW_EVENT_FIELDS
+from sluice.core.usecase import EXTRA_COLUMN, load_use_case
 
 DAY = dt.date(2026, 3, 1)
+UC = load_use_case("churn")
 
 EVENT_TYPES_CHECK = "event_type: isin(('session', 'order', 'support_ticket'))"
 PLAN_CHECK = "plan: isin(('basic', 'standard', 'premium'))"
@@ -34,11 +35,15 @@ def spoil(raw: pd.DataFrame, row: int, column: str, value: object) -> pd.DataFra
 
 
 def assert_no_row_lost(raw: pd.DataFrame, result: ContractResult) -> None:
-    assert len(result.valid) + len(result.quarantined) == len(raw)
+    # Every row delivered is valid, quarantined, or an exact copy of another (removed and counted).
+    assert len(result.valid) + len(result.quarantined) + result.duplicates == len(raw)
     assert result.rows_in == len(raw)
-    # Every raw row comes out exactly once (as text in quarantine, typed in valid).
+    # Every distinct raw row comes out exactly once (as text in quarantine, typed in valid).
+    compared = [c for c in [*UC.raw_fields, EXTRA_COLUMN] if c in raw.columns]
+    distinct = raw[compared].drop_duplicates()
+    assert result.duplicates == len(raw) - len(distinct)
     out_ids = list(result.valid["event_id"]) + list(result.quarantined["event_id"])
-    assert sorted(map(str, out_ids)) == sorted(map(str, raw["event_id"]))
+    assert sorted(map(str, out_ids)) == sorted(map(str, distinct["event_id"]))
 
 
 # -- one defect per case: (column, bad value, the "column: check" it must fail) ------------------------
@@ -75,7 +80,7 @@ def test_each_defect_is_quarantined_with_its_column_and_check(helpers, column, v
     bad = spoil(raw, 2, column, value)
     spoiled_id = bad.loc[2, "event_id"]
 
-    result = split_by_contract(bad, DAY)
+    result = split_by_contract(bad, DAY, UC)
 
     assert_no_row_lost(bad, result)
     assert len(result.quarantined) == 1
@@ -110,7 +115,7 @@ def test_each_defect_is_quarantined_with_its_column_and_check(helpers, column, v
 )
 def test_allowed_values_pass(helpers, column, value):
     raw = spoil(helpers.raw_rows(6), 1, column, value)
-    result = split_by_contract(raw, DAY)
+    result = split_by_contract(raw, DAY, UC)
     assert result.failures == {}
     assert len(result.quarantined) == 0
     assert len(result.valid) == 6
@@ -118,7 +123,7 @@ def test_allowed_values_pass(helpers, column, value):
 
 def test_clean_rows_pass_and_valid_frame_is_typed(helpers):
     raw = helpers.raw_rows(9)
-    result = split_by_contract(raw, DAY)
+    result = split_by_contract(raw, DAY, UC)
     assert result.failures == {}
     assert result.invalid_share == 0.0
     assert result.describe() == "no failures"
@@ -139,20 +144,45 @@ def test_clean_rows_pass_and_valid_frame_is_typed(helpers):
     assert t == pd.Timestamp("2026-03-01T03:01:07", tz="UTC")
 
 
-def test_duplicate_event_ids_keep_one_valid_copy_and_quarantine_the_rest(helpers):
+def test_exact_copies_are_a_redelivery_removed_and_counted_not_quarantined(helpers):
     raw = helpers.raw_rows(5)
     dup = pd.concat([raw, raw.iloc[[1]], raw.iloc[[1]], raw.iloc[[3]]], ignore_index=True)
 
-    result = split_by_contract(dup, DAY)
+    result = split_by_contract(dup, DAY, UC)
 
     assert_no_row_lost(dup, result)
     assert len(result.valid) == 5
     assert result.valid["event_id"].is_unique
     assert set(result.valid["event_id"]) == set(raw["event_id"])
-    assert sorted(result.quarantined["event_id"]) == sorted([raw.loc[1, "event_id"]] * 2 + [raw.loc[3, "event_id"]])
+    assert result.duplicates == 3
+    assert len(result.quarantined) == 0
+    assert result.failures == {}
+    assert result.invalid_share == 0.0
+    assert len(result.valid) + len(result.quarantined) + result.duplicates == len(dup) == result.rows_in
+    # The kept copy is the event as delivered once.
+    pd.testing.assert_frame_equal(result.valid, split_by_contract(raw, DAY, UC).valid)
+
+
+def test_the_same_event_id_with_other_content_is_quarantined_as_not_unique(helpers):
+    raw = helpers.raw_rows(5)
+    other_1 = raw.iloc[[1]].assign(amount="55.00", event_type="order")  # same id, different content
+    other_3 = raw.iloc[[3]].assign(plan="premium")
+    again_3 = raw.iloc[[3]].assign(region="na")
+    copy_0 = raw.iloc[[0]]  # an exact copy: removed, not quarantined
+    mixed = pd.concat([raw, other_1, other_3, again_3, copy_0], ignore_index=True)
+
+    result = split_by_contract(mixed, DAY, UC)
+
+    assert_no_row_lost(mixed, result)
+    assert result.duplicates == 1
+    assert len(result.valid) == 5 and result.valid["event_id"].is_unique
+    assert set(result.valid["event_id"]) == set(raw["event_id"])
+    assert sorted(result.quarantined["event_id"]) == sorted([raw.loc[1, "event_id"]] + [raw.loc[3, "event_id"]] * 2)
     assert set(result.quarantined["failed_checks"]) == {"event_id: field_uniqueness"}
     assert set(result.quarantined["failed_columns"]) == {"event_id"}
     assert result.failures == {"event_id: field_uniqueness": 3}
+    assert len(result.valid) + len(result.quarantined) + result.duplicates == len(mixed) == result.rows_in
+    assert result.invalid_share == pytest.approx(3 / len(mixed))
 
 
 def test_which_duplicate_is_kept_does_not_depend_on_arrival_order(helpers):
@@ -161,7 +191,7 @@ def test_which_duplicate_is_kept_does_not_depend_on_arrival_order(helpers):
     a = pd.concat([raw, other], ignore_index=True)
     b = pd.concat([other, raw.iloc[::-1]], ignore_index=True)
 
-    ra, rb = split_by_contract(a, DAY), split_by_contract(b, DAY)
+    ra, rb = split_by_contract(a, DAY, UC), split_by_contract(b, DAY, UC)
 
     pd.testing.assert_frame_equal(ra.valid, rb.valid)
     pd.testing.assert_frame_equal(ra.quarantined, rb.quarantined)
@@ -172,8 +202,9 @@ def test_a_valid_copy_of_an_event_wins_over_an_invalid_duplicate(helpers):
     raw = helpers.raw_rows(3)
     broken_first_delivery = raw.iloc[[1]].assign(amount="12,50 EUR")
     both = pd.concat([broken_first_delivery, raw], ignore_index=True)
-    result = split_by_contract(both, DAY)
+    result = split_by_contract(both, DAY, UC)
     assert_no_row_lost(both, result)
+    assert result.duplicates == 0
     assert sorted(result.valid["event_id"]) == sorted(raw["event_id"])
     assert result.quarantined["failed_checks"].tolist() == ["amount: parse_number"]
 
@@ -181,7 +212,7 @@ def test_a_valid_copy_of_an_event_wins_over_an_invalid_duplicate(helpers):
 def test_nulls_in_event_id_are_not_reported_as_duplicates(helpers):
     raw = helpers.raw_rows(5)
     raw.loc[[0, 3], "event_id"] = None
-    result = split_by_contract(raw, DAY)
+    result = split_by_contract(raw, DAY, UC)
     assert result.failures == {"event_id: not_nullable": 2}
     assert_no_row_lost(raw, result)
 
@@ -189,7 +220,7 @@ def test_nulls_in_event_id_are_not_reported_as_duplicates(helpers):
 def test_a_row_with_several_defects_lists_all_of_them_once(helpers):
     raw = helpers.raw_rows(6)
     raw.loc[4, ["amount", "plan", "event_time"]] = ["12,50 EUR", "gold", "1999-01-01T00:00:00Z"]
-    result = split_by_contract(raw, DAY)
+    result = split_by_contract(raw, DAY, UC)
     assert len(result.quarantined) == 1
     row = result.quarantined.iloc[0]
     assert row["failed_columns"] == "amount,event_time,plan"
@@ -200,7 +231,7 @@ def test_a_row_with_several_defects_lists_all_of_them_once(helpers):
 def test_an_unparseable_value_reports_the_parse_not_a_null(helpers):
     # A value that fails to parse is null afterwards; only the parse failure is reported.
     raw = spoil(helpers.raw_rows(4), 0, "event_time", "yesterday")
-    result = split_by_contract(raw, DAY)
+    result = split_by_contract(raw, DAY, UC)
     assert result.failures == {"event_time: parse_timestamp": 1}
     assert "not_nullable" not in result.quarantined.iloc[0]["failed_checks"]
 
@@ -212,7 +243,7 @@ def test_failures_count_rows_per_column_and_check(helpers):
     raw.loc[5, "customer_id"] = None
     raw.loc[2, "region"] = "mars"  # row 2 fails twice; counted once per check
 
-    result = split_by_contract(raw, DAY)
+    result = split_by_contract(raw, DAY, UC)
 
     assert result.failures == {
         PLAN_CHECK: 3,
@@ -228,8 +259,8 @@ def test_failures_count_rows_per_column_and_check(helpers):
 
 def test_quarantine_has_the_columns_of_the_quarantine_table(helpers):
     raw = spoil(helpers.raw_rows(3), 0, "plan", "gold")
-    result = split_by_contract(raw, DAY)
-    expected = [c for c in QUARANTINE_EVENTS.columns if c != "ds"]
+    result = split_by_contract(raw, DAY, UC)
+    expected = [c for c in UC.tables.quarantine.columns if c != "ds"]
     assert list(result.quarantined.columns) == expected
     # raw text is kept: nothing in quarantine is parsed
     assert result.quarantined.loc[0, "customer_id"] == raw.loc[0, "customer_id"]
@@ -238,7 +269,7 @@ def test_quarantine_has_the_columns_of_the_quarantine_table(helpers):
 
 def test_every_row_bad_is_all_quarantined(helpers):
     raw = helpers.raw_rows(5).assign(event_time="yesterday")
-    result = split_by_contract(raw, DAY)
+    result = split_by_contract(raw, DAY, UC)
     assert len(result.valid) == 0
     assert len(result.quarantined) == 5
     assert result.invalid_share == 1.0
@@ -246,7 +277,7 @@ def test_every_row_bad_is_all_quarantined(helpers):
 
 
 def test_empty_input_gives_empty_result(helpers):
-    result = split_by_contract(helpers.raw_rows(0), DAY)
+    result = split_by_contract(helpers.raw_rows(0), DAY, UC)
     assert len(result.valid) == 0 and len(result.quarantined) == 0
     assert result.invalid_share == 0.0
     assert result.failures == {}
@@ -256,7 +287,7 @@ def test_input_index_and_extra_columns_do_not_matter(helpers):
     raw = helpers.raw_rows(6)
     odd = raw.set_axis(raw.index * 10 + 7).assign(extra="x")
     odd.loc[27, "plan"] = "gold"  # positional row 2
-    result = split_by_contract(odd, DAY)
+    result = split_by_contract(odd, DAY, UC)
     assert result.failures == {PLAN_CHECK: 1}
     assert result.quarantined.loc[0, "event_id"] == raw.loc[2, "event_id"]
     assert "extra" not in result.valid.columns
@@ -265,7 +296,7 @@ def test_input_index_and_extra_columns_do_not_matter(helpers):
 def test_event_time_window_follows_the_day_argument(helpers):
     raw = helpers.raw_rows(3)
     # The same rows are out of range when validated as the events of another day.
-    result = split_by_contract(raw, DAY + dt.timedelta(days=1))
+    result = split_by_contract(raw, DAY + dt.timedelta(days=1), UC)
     assert len(result.quarantined) == 3
     assert result.failures == {"event_time: greater_than_or_equal_to(2026-03-02 00:00:00+00:00)": 3}
 
@@ -280,7 +311,7 @@ def test_parse_events_reports_each_parse_failure():
             "signup_date": ["2026-01-01", "2026-01-02", "2026/01/03"],
         }
     )
-    typed, failures = parse_events(raw)
+    typed, failures = parse_events(raw, UC)
     got = set(zip(failures["index"], failures["column"], failures["check"]))
     assert got == {
         (1, "customer_id", "parse_integer"),
@@ -295,9 +326,9 @@ def test_parse_events_reports_each_parse_failure():
 
 
 def test_events_contract_is_a_pandera_schema_for_the_day():
-    schema = events_contract(DAY)
+    schema = events_contract(DAY, UC)
     assert isinstance(schema, pa.DataFrameSchema)
-    assert set(schema.columns) == set(RAW_EVENT_FIELDS)
+    assert set(schema.columns) == set(UC.raw_fields)
     assert schema.columns["device"].nullable
     assert not schema.columns["event_id"].nullable
     # event_id uniqueness is enforced among otherwise-valid rows by split_by_contract (tested below)
@@ -310,7 +341,7 @@ def test_a_wrongly_typed_column_quarantines_its_rows_with_a_dtype_check(helpers)
     # pandera reports a dtype mismatch per row here, so the rows land in quarantine (none lost).
     raw = helpers.raw_rows(4)
     raw["event_type"] = np.arange(4)
-    result = split_by_contract(raw, DAY)
+    result = split_by_contract(raw, DAY, UC)
     assert len(result.valid) == 0
     assert result.failures == {"event_type: dtype('str')": 4, EVENT_TYPES_CHECK: 4}
     assert_no_row_lost(raw, result)
@@ -321,20 +352,20 @@ def test_a_check_that_cannot_run_on_the_column_breaks_the_contract_as_a_whole(he
     raw = helpers.raw_rows(4)
     raw["event_id"] = np.nan
     with pytest.raises(ContractViolation, match=r"break the contract as a whole: event_id: str_matches"):
-        split_by_contract(raw, DAY)
+        split_by_contract(raw, DAY, UC)
 
 
 @pytest.mark.parametrize("missing", [["amount"], ["plan", "region"]])
 def test_a_missing_column_raises_contract_violation_naming_it(helpers, missing):
     raw = helpers.raw_rows(4).drop(columns=missing)
     with pytest.raises(ContractViolation, match="|".join(missing)):
-        split_by_contract(raw, DAY)
+        split_by_contract(raw, DAY, UC)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("value", ["inf", "-inf", "99999999999999999999"])
 def test_an_out_of_int64_customer_id_is_quarantined_not_a_crash(helpers, value):
     raw = spoil(helpers.raw_rows(4), 1, "customer_id", value)
-    result = split_by_contract(raw, DAY)
+    result = split_by_contract(raw, DAY, UC)
     assert result.failures == {"customer_id: parse_integer": 1}
     assert len(result.valid) == 3

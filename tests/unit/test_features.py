@@ -10,20 +10,25 @@ import pyarrow as pa
 import pytest
 
 from sluice.core import features as F
+from sluice.core.contracts import split_by_contract
+from sluice.core.usecase import UseCase, load_use_case
 from sluice.edges.lake import Lake, LakeError
-from sluice.edges.sources.simulator import SimulatorSource
+from sluice.settings import Settings
 from sluice.stages import etl as pipeline
-from sluice.tables import CURATED_EVENTS, CUSTOMER_STATE, FEATURES_CUSTOMER_DAILY
+from usecases.churn.simulator import SimulatorSource
 
 DAY = dt.date(2026, 3, 1)
+UC = load_use_case("churn")
+CURATED_EVENTS, CUSTOMER_STATE, FEATURES_CUSTOMER_DAILY = UC.tables.curated, UC.tables.state, UC.tables.features
+LABEL = UC.label  # label_churn_30d
 
 
-def normalise(df: pd.DataFrame, label: bool = True) -> pd.DataFrame:
-    """Cast a features frame to the table's types (as the lake stores it), sorted by customer."""
-    table = pa.Table.from_pandas(df[FEATURES_CUSTOMER_DAILY.columns], schema=FEATURES_CUSTOMER_DAILY.schema,
-                                 preserve_index=False)
-    out = table.to_pandas().sort_values("customer_id", ignore_index=True)
-    return out if label else out.drop(columns="label_churn_30d")
+def normalise(df: pd.DataFrame, label: bool = True, uc: UseCase = UC) -> pd.DataFrame:
+    """Cast a features frame to the table's types (as the lake stores it), sorted by entity."""
+    features = uc.tables.features
+    table = pa.Table.from_pandas(df[features.columns], schema=features.schema, preserve_index=False)
+    out = table.to_pandas().sort_values(uc.key, ignore_index=True)
+    return out if label else out.drop(columns=uc.label)
 
 
 def event(eid: str, cid: int, when: str, kind: str = "session", duration=None, amount=None, **attrs) -> dict:
@@ -57,7 +62,7 @@ def test_daily_activity_counts_and_latest_attributes():
         event("d", 1, "2026-03-01T11:00", "order", amount=0.015, device=None, plan="premium"),
         event("e", 2, "2026-03-01T07:00", "support_ticket", plan="standard"),
     )
-    got = F.daily_activity(events.sample(frac=1, random_state=3)).set_index("customer_id")
+    got = F.daily_activity(events.sample(frac=1, random_state=3), UC).set_index("customer_id")
     assert got.loc[1, ["sessions", "session_seconds", "orders", "spend_cents", "tickets"]].tolist() == [2, 120, 2, 2002, 0]
     assert got.loc[2, ["sessions", "orders", "tickets"]].tolist() == [0, 0, 1]
     # the latest event's own attributes, a null device included
@@ -69,9 +74,9 @@ def test_daily_activity_counts_and_latest_attributes():
 def test_advance_state_accumulates_and_keeps_absent_customers():
     d1, d2 = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
     s1 = F.advance_state(None, F.daily_activity(frame(
-        event("a", 1, "2026-03-01T08:00"), event("b", 2, "2026-03-01T08:00", "order", amount=5.0))), d1)
+        event("a", 1, "2026-03-01T08:00"), event("b", 2, "2026-03-01T08:00", "order", amount=5.0)), UC), d1, UC)
     s2 = F.advance_state(s1, F.daily_activity(frame(
-        event("c", 1, "2026-03-02T08:00", plan="premium"), event("d", 3, "2026-03-02T09:00"))), d2)
+        event("c", 1, "2026-03-02T08:00", plan="premium"), event("d", 3, "2026-03-02T09:00")), UC), d2, UC)
     s2 = s2.set_index("customer_id")
     assert list(s2.index) == [1, 2, 3]
     assert s2.loc[1, ["cum_sessions", "cum_session_seconds", "cum_active_days"]].tolist() == [2, 1200, 2]
@@ -97,7 +102,7 @@ def test_features_as_of_takes_windows_as_state_differences():
 
     now = state(100, 9000, 50, day - dt.timedelta(days=2))
     lagged = {7: state(90, 8000, 46, day), 30: state(70, 5000, 30, day), 90: None}
-    got = F.features_as_of(now, lagged, day).iloc[0]
+    got = F.features_as_of(now, lagged, day, UC).iloc[0]
     assert (got["sessions_7d"], got["sessions_30d"], got["sessions_90d"]) == (10, 30, 100)
     assert (got["spend_7d"], got["spend_30d"], got["spend_90d"]) == (10.0, 40.0, 90.0)
     assert (got["active_days_7d"], got["active_days_30d"], got["active_days_90d"]) == (4, 20, 50)
@@ -106,15 +111,15 @@ def test_features_as_of_takes_windows_as_state_differences():
     assert got["tenure_days"] == 90
     assert got["sessions_trend_7_30"] == pytest.approx(10 / (30 * 7 / 30))
     assert got["spend_per_order_90d"] == pytest.approx(90.0 / 9)
-    assert pd.isna(got["label_churn_30d"])
+    assert pd.isna(got[LABEL])
 
 
 def test_features_as_of_keeps_only_customers_active_in_the_last_30_days():
     day = dt.date(2026, 3, 31)
     base = F.advance_state(None, F.daily_activity(frame(event("a", 1, "2026-03-01T08:00"),
-                                                        event("b", 2, "2026-03-02T08:00"))), day)
+                                                        event("b", 2, "2026-03-02T08:00")), UC), day, UC)
     base["last_event_date"] = [dt.date(2026, 3, 1), dt.date(2026, 3, 2)]  # 30 and 29 days before
-    got = F.features_as_of(base, {7: None, 30: None, 90: None}, day)
+    got = F.features_as_of(base, {7: None, 30: None, 90: None}, day, UC)
     assert got["customer_id"].tolist() == [2]
 
 
@@ -127,12 +132,12 @@ def test_features_as_of_keeps_only_customers_active_in_the_last_30_days():
         (DAY + dt.timedelta(days=30), 0),  # the last day of the horizon counts
     ],
 )
-def test_churn_labels_one_exactly_without_an_event_in_the_horizon(last_event, label):
+def test_label_snapshot_is_one_exactly_without_an_event_in_the_horizon(last_event, label):
     snapshot = pd.DataFrame({"customer_id": [5, 6], "x": [1.0, 2.0]})
     horizon = pd.DataFrame({"customer_id": [6, 5], "last_event_date": [DAY + dt.timedelta(days=3), last_event]})
-    got = F.churn_labels(snapshot, horizon, DAY)
-    assert got["label_churn_30d"].tolist() == [label, 0]
-    assert str(got["label_churn_30d"].dtype) == "Int8"
+    got = F.label_snapshot(snapshot, horizon, DAY, UC)
+    assert got[LABEL].tolist() == [label, 0]
+    assert str(got[LABEL].dtype) == "Int8"
     assert got["x"].tolist() == [1.0, 2.0]
 
 
@@ -146,15 +151,15 @@ def sim_events() -> dict[dt.date, pd.DataFrame]:
     return {start + dt.timedelta(days=i): sim.events_for_day(start + dt.timedelta(days=i)) for i in range(100)}
 
 
-def incremental_features(events_by_day: dict[dt.date, pd.DataFrame]) -> dict[dt.date, pd.DataFrame]:
+def incremental_features(events_by_day: dict[dt.date, pd.DataFrame], uc: UseCase = UC) -> dict[dt.date, pd.DataFrame]:
     """The fast path of build_features_day, in memory."""
     states: dict[dt.date, pd.DataFrame] = {}
     out = {}
     for day in sorted(events_by_day):
         prev = states.get(day - dt.timedelta(days=1))
-        states[day] = F.advance_state(prev, F.daily_activity(events_by_day[day]), day)
-        lagged = {w: states.get(day - dt.timedelta(days=w)) for w in F.WINDOWS}
-        out[day] = F.features_as_of(states[day], lagged, day)
+        states[day] = F.advance_state(prev, F.daily_activity(events_by_day[day], uc), day, uc)
+        lagged = {w: states.get(day - dt.timedelta(days=w)) for w in uc.windows}
+        out[day] = F.features_as_of(states[day], lagged, day, uc)
     return out
 
 
@@ -163,9 +168,50 @@ def test_incremental_features_equal_the_reference_over_100_days(sim_events):
     history = pd.concat(sim_events.values(), ignore_index=True)
     days = sorted(sim_events)
     for day in (days[0], days[7], days[30], days[90], days[-1]):
-        reference = F.features_from_history(history, day)
+        reference = F.features_from_history(history, day, UC)
         assert len(reference) > 50
         pd.testing.assert_frame_equal(normalise(fast[day]), normalise(reference), check_exact=True, obj=str(day))
+
+
+# -- the same equivalence for a use case of another shape: purchases -------------------------------
+PURCHASE_DAYS = 400  # > 365: the longest window reads a lagged state, the population window rolls
+
+
+@pytest.fixture(scope="module")
+def purchases() -> tuple[UseCase, dict[dt.date, pd.DataFrame]]:
+    """Curated purchases (through the contract: string keys, content ids) of PURCHASE_DAYS days."""
+    uc = load_use_case("purchases")
+    assert uc.spec.simulator is not None
+    source = uc.resolve(uc.spec.simulator.factory)(uc, Settings(sim_customers=300, sim_seed=5, use_case="purchases"))
+    start = dt.date(2026, 1, 1)
+    curated = {}
+    for i in range(PURCHASE_DAYS):
+        day = start + dt.timedelta(days=i)
+        result = split_by_contract(source.raw_day(day).to_pandas(), day, uc)
+        assert result.failures == {}, day
+        curated[day] = result.valid
+    return uc, curated
+
+
+def test_incremental_purchase_features_equal_the_reference(purchases):
+    """Another shape: string entity key, no event id, one kind, sums with and without decimals,
+    a population of 365 days and windows up to 365 days."""
+    uc, by_day = purchases
+    assert uc.key == "customer_id" and uc.spec.events.id is None and max(uc.windows) == 365
+    fast = incremental_features(by_day, uc)
+    history = pd.concat(by_day.values(), ignore_index=True)
+    days = sorted(by_day)
+    for day in (days[0], days[29], days[30], days[89], days[90], days[200], days[364], days[365], days[-1]):
+        reference = F.features_from_history(history, day, uc)
+        assert len(reference) > 50, day
+        pd.testing.assert_frame_equal(
+            normalise(fast[day], uc=uc), normalise(reference, uc=uc), check_exact=True, obj=str(day)
+        )
+    # The comparison is not between empty or constant columns.
+    last = normalise(fast[days[-1]], uc=uc)
+    for col in ("purchases_365d", "spend_365d", "units_90d", "active_days_365d", "recency", "tenure_days"):
+        assert last[col].nunique() > 3, col
+    assert last["last_category"].nunique() > 1
 
 
 # -- leakage: nothing after D changes the features of D --------------------------------------------
@@ -175,7 +221,7 @@ def test_events_after_the_day_do_not_change_its_features(sim_events):
     days = sorted(sim_events)
     day = days[60]
     history = pd.concat(sim_events.values(), ignore_index=True)
-    before = F.features_from_history(history, day)
+    before = F.features_from_history(history, day, UC)
 
     later = history[history["event_time"] >= pd.Timestamp(day + dt.timedelta(days=1), tz="UTC")]
     assert len(later) > 1000
@@ -192,7 +238,7 @@ def test_events_after_the_day_do_not_change_its_features(sim_events):
         extra_days.append(e)
     changed = pd.concat([changed, *extra_days], ignore_index=True)
 
-    after = F.features_from_history(changed, day)
+    after = F.features_from_history(changed, day, UC)
     pd.testing.assert_frame_equal(normalise(after), normalise(before), check_exact=True)
     # The incremental path, fed the changed future too, gives the same features of D.
     changed_by_day = {d: g for d, g in changed.groupby(changed["event_time"].dt.date)}
@@ -205,10 +251,10 @@ def test_an_event_on_the_day_itself_does_change_its_features(sim_events):
     days = sorted(sim_events)
     day = days[60]
     history = pd.concat(sim_events.values(), ignore_index=True)
-    before = F.features_from_history(history, day)
+    before = F.features_from_history(history, day, UC)
     one = history[history["event_time"].dt.date == day].iloc[[0]]
     added = one.assign(event_id="late-arrival", event_type="order", amount=123.0, duration_s=np.nan)
-    after = F.features_from_history(pd.concat([history, added], ignore_index=True), day)
+    after = F.features_from_history(pd.concat([history, added], ignore_index=True), day, UC)
     cid = one["customer_id"].iloc[0]
     b, a = before.set_index("customer_id").loc[cid], after.set_index("customer_id").loc[cid]
     assert a["spend_7d"] == pytest.approx(b["spend_7d"] + 123.0)
@@ -223,12 +269,12 @@ def test_pipeline_features_equal_the_reference(history_lake, index):
     lake = history_lake.lake
     day = history_lake.days[index]
     curated = lake.read_table(CURATED_EVENTS).to_pandas()
-    reference = F.features_from_history(curated, day)
+    reference = F.features_from_history(curated, day, UC)
     stored = lake.read_partition(FEATURES_CUSTOMER_DAILY, F.day_str(day)).to_pandas()
     assert len(stored) > 40
-    labelled = stored["label_churn_30d"].notna().any()
+    labelled = stored[LABEL].notna().any()
     # The label of D is only known (and compared separately) once D + 30 was built.
-    assert labelled == (index + F.LABEL_HORIZON_DAYS <= len(history_lake.days) - 1)
+    assert labelled == (index + UC.horizon <= len(history_lake.days) - 1)
     pd.testing.assert_frame_equal(
         normalise(stored, label=False), normalise(reference, label=False), check_exact=True
     )
@@ -240,13 +286,13 @@ def test_pipeline_labels_one_exactly_for_customers_without_an_event_in_the_horiz
     days = history_lake.days
     curated = lake.read_table(CURATED_EVENTS, columns=["customer_id", "ds"]).to_pandas()
     churners = 0
-    for snap in days[: len(days) - F.LABEL_HORIZON_DAYS]:
-        horizon = {F.day_str(snap + dt.timedelta(days=k)) for k in range(1, F.LABEL_HORIZON_DAYS + 1)}
+    for snap in days[: len(days) - UC.horizon]:
+        horizon = {F.day_str(snap + dt.timedelta(days=k)) for k in range(1, UC.horizon + 1)}
         seen = set(curated.loc[curated["ds"].isin(horizon), "customer_id"])
         stored = lake.read_partition(FEATURES_CUSTOMER_DAILY, F.day_str(snap)).to_pandas()
-        assert stored["label_churn_30d"].notna().all(), snap
+        assert stored[LABEL].notna().all(), snap
         expected = (~stored["customer_id"].isin(seen)).astype(int)
-        assert stored["label_churn_30d"].astype(int).tolist() == expected.tolist(), snap
+        assert stored[LABEL].astype(int).tolist() == expected.tolist(), snap
         churners += int(expected.sum())
     assert churners > 0  # the comparison above is not all zeros
 
@@ -257,7 +303,7 @@ def test_pipeline_labels_agree_with_the_simulators_truth(history_lake):
     stored = lake.read_partition(FEATURES_CUSTOMER_DAILY, F.day_str(snap)).to_pandas().set_index("customer_id")
     truth = SimulatorSource.from_settings(history_lake.settings).churn_truth(snap)
     gone = truth[truth].index.intersection(stored.index)
-    assert (stored.loc[gone, "label_churn_30d"] == 1).all()
+    assert (stored.loc[gone, LABEL] == 1).all()
 
 
 def test_pipeline_fills_the_label_of_s_when_s_plus_30_is_built(history_lake):
@@ -268,23 +314,23 @@ def test_pipeline_fills_the_label_of_s_when_s_plus_30_is_built(history_lake):
         for entry in lake.history(FEATURES_CUSTOMER_DAILY)
         if "sluice.ds" in entry
     }
-    for snap in (days[0], days[len(days) - F.LABEL_HORIZON_DAYS - 1]):
+    for snap in (days[0], days[len(days) - UC.horizon - 1]):
         ds = F.day_str(snap)
-        labeller = version_of_day[F.day_str(snap + dt.timedelta(days=F.LABEL_HORIZON_DAYS))]
+        labeller = version_of_day[F.day_str(snap + dt.timedelta(days=UC.horizon))]
         before = lake.read_partition(FEATURES_CUSTOMER_DAILY, ds, version=labeller - 1).to_pandas()
         after = lake.read_partition(FEATURES_CUSTOMER_DAILY, ds, version=labeller).to_pandas()
         assert len(before) == len(after) > 0
-        assert before["label_churn_30d"].isna().all()
-        assert after["label_churn_30d"].notna().all()
+        assert before[LABEL].isna().all()
+        assert after[LABEL].notna().all()
         # Only the label changed.
         pd.testing.assert_frame_equal(
-            before.drop(columns="label_churn_30d").sort_values("customer_id", ignore_index=True),
-            after.drop(columns="label_churn_30d").sort_values("customer_id", ignore_index=True),
+            before.drop(columns=LABEL).sort_values("customer_id", ignore_index=True),
+            after.drop(columns=LABEL).sort_values("customer_id", ignore_index=True),
         )
     # Snapshots whose horizon has not closed yet stay unlabelled.
-    for snap in days[len(days) - F.LABEL_HORIZON_DAYS:]:
-        stored = lake.read_partition(FEATURES_CUSTOMER_DAILY, F.day_str(snap), columns=["label_churn_30d"])
-        assert stored.column("label_churn_30d").null_count == stored.num_rows > 0
+    for snap in days[len(days) - UC.horizon:]:
+        stored = lake.read_partition(FEATURES_CUSTOMER_DAILY, F.day_str(snap), columns=[LABEL])
+        assert stored.column(LABEL).null_count == stored.num_rows > 0
 
 
 def test_pipeline_reports_the_labelled_snapshot(history_lake):
@@ -292,14 +338,14 @@ def test_pipeline_reports_the_labelled_snapshot(history_lake):
     lake = history_lake.lake
     for i, result in enumerate(history_lake.results):
         build = result["build"]
-        if i < F.LABEL_HORIZON_DAYS:
-            assert (build["labelled_snapshot"], build["labelled_rows"], build["snapshot_churn_rate"]) == (None, 0, None)
+        if i < UC.horizon:
+            assert (build["labelled_snapshot"], build["labelled_rows"], build["snapshot_positive_rate"]) == (None, 0, None)
             continue
-        snap = F.day_str(days[i - F.LABEL_HORIZON_DAYS])
+        snap = F.day_str(days[i - UC.horizon])
         assert build["labelled_snapshot"] == snap
-        labels = lake.read_partition(FEATURES_CUSTOMER_DAILY, snap, columns=["label_churn_30d"]).to_pandas()
+        labels = lake.read_partition(FEATURES_CUSTOMER_DAILY, snap, columns=[LABEL]).to_pandas()
         assert build["labelled_rows"] == len(labels)
-        assert build["snapshot_churn_rate"] == round(float(labels["label_churn_30d"].astype(float).mean()), 4)
+        assert build["snapshot_positive_rate"] == round(float(labels[LABEL].astype(float).mean()), 4)
 
 
 def test_pipeline_leakage_later_days_do_not_change_the_features_of_d(history_copy, ctx, helpers):
@@ -348,5 +394,5 @@ def test_build_refuses_a_day_whose_previous_state_is_missing(settings, ctx, help
 
 
 def test_build_refuses_a_day_without_curated_events(settings, ctx):
-    with pytest.raises(LakeError, match=r"curated/events has no partition 2026-01-01: the contract step"):
+    with pytest.raises(LakeError, match=r"curated/events has no partition 2026-01-01: curate_events for 2026-01-01 has not run yet"):
         pipeline.build_features_day(settings, dt.date(2026, 1, 1), ctx)

@@ -3,10 +3,12 @@
 No MLflow, no Airflow, no I/O: the caller scores both models on the same, most
 recent matured holdout and passes the arrays in. The challenger is promoted only if
 
-1. it clears the absolute floors (ROC-AUC, PR-AUC);
+1. it clears the floors (ROC-AUC, PR-AUC, or PR-AUC lift: PR-AUC over the base rate,
+   fairer than an absolute PR-AUC when the positive rate is high or low);
 2. it beats the champion on the primary metric by at least a margin, and the
    paired-bootstrap confidence interval of the difference excludes zero;
-3. no guarded slice (plan, region) with enough rows regresses beyond a tolerance;
+3. no guarded slice (a category feature the use case names) with enough rows regresses
+   beyond a tolerance;
 4. its calibration (expected calibration error) is not worse beyond a tolerance.
 
 With no champion, the floors alone decide. The decision records every check with
@@ -31,7 +33,7 @@ class GatePolicy:
     min_improvement: float = 0.002
     confidence: float = 0.95
     n_bootstrap: int = 400
-    guarded_slices: tuple[str, ...] = ("plan", "region")
+    guarded_slices: tuple[str, ...] = ()
     slice_min_rows: int = 300
     slice_tolerance: float = 0.02
     calibration_tolerance: float = 0.02
@@ -95,10 +97,13 @@ def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=float)
     if len(np.unique(y)) < 2:
-        return {"roc_auc": float("nan"), "pr_auc": float("nan"), "ece": float("nan"), "brier": float("nan"), "rows": len(y)}
+        return {"roc_auc": float("nan"), "pr_auc": float("nan"), "pr_auc_lift": float("nan"), "ece": float("nan"),
+                "brier": float("nan"), "rows": len(y)}
+    pr_auc = float(average_precision_score(y, p))
     return {
         "roc_auc": float(roc_auc_score(y, p)),
-        "pr_auc": float(average_precision_score(y, p)),
+        "pr_auc": pr_auc,
+        "pr_auc_lift": pr_auc / float(y.mean()),
         "ece": expected_calibration_error(y, p),
         "brier": float(np.mean((p - y) ** 2)),
         "positive_rate": float(y.mean()),

@@ -1,4 +1,4 @@
-"""Fit the churn model: pure functions from a feature frame to a fitted model.
+"""Fit a use case's model: pure functions from a feature frame to a fitted model.
 
 The split is by time (train, validation, holdout = the most recent matured
 snapshot days), never random. LightGBM runs with deterministic settings (fixed
@@ -15,27 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sluice.core.features import CATEGORICAL, FEATURE_COLUMNS, LABEL_HORIZON_DAYS, WINDOWS
-from sluice.edges.sources.simulator import CHANNELS, DEVICES, PLANS, REGIONS
+from sluice.core.usecase import UseCase
 from sluice.tables import PARTITION_COLUMN
 
-LABEL = "label_churn_30d"
-# Fixed category sets: the integer codes LightGBM sees are the same at training and scoring.
-CATEGORIES: dict[str, list[str]] = {
-    "plan": list(PLANS),
-    "region": list(REGIONS),
-    "channel": list(CHANNELS),
-    "device": list(DEVICES),
-}
-
+# What every LightGBM model of the platform runs with; a use case's ``model.params`` add to it.
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "binary",
     "learning_rate": 0.05,
     "num_leaves": 31,
     "min_child_samples": 50,
-    "feature_fraction": 0.9,
-    "bagging_fraction": 0.9,
-    "bagging_freq": 1,
     "lambda_l2": 1.0,
     "seed": 42,
     "deterministic": True,
@@ -62,23 +50,23 @@ class Split:
         }
 
 
-def matured(features: pd.DataFrame, as_of: dt.date | None = None) -> pd.DataFrame:
+def matured(features: pd.DataFrame, uc: UseCase, as_of: dt.date | None = None) -> pd.DataFrame:
     """Snapshot rows whose label has matured (known), optionally only those known by ``as_of``."""
-    out = features[features[LABEL].notna()]
+    out = features[features[uc.label].notna()]
     if as_of is not None:
-        cutoff = (as_of - dt.timedelta(days=LABEL_HORIZON_DAYS)).isoformat()
+        cutoff = (as_of - dt.timedelta(days=uc.horizon)).isoformat()
         out = out[out[PARTITION_COLUMN] <= cutoff]
     return out
 
 
 def training_days(
-    days: list[str], as_of: dt.date, *, warmup_days: int = max(WINDOWS), max_days: int = 60
+    days: list[str], as_of: dt.date, *, horizon: int, warmup_days: int, max_days: int = 60
 ) -> list[str]:
     """The snapshot days a model trained on ``as_of`` may learn from.
 
-    Only matured labels (snapshot <= as_of - 30 days), never a day of the lake's first
-    ``warmup_days`` (its 90-day windows still grow from zero: a model trained there
-    learns a world where every customer is new, and every later day "drifts" from
+    Only matured labels (snapshot <= as_of - horizon), never a day of the lake's first
+    ``warmup_days`` (its longest windows still grow from zero: a model trained there
+    learns a world where every entity is new, and every later day "drifts" from
     it), and at most the ``max_days`` most recent such days.
     """
     if not days:
@@ -86,7 +74,7 @@ def training_days(
     ordered = sorted(days)
     first = dt.date.fromisoformat(ordered[0])
     warm_from = (first + dt.timedelta(days=warmup_days)).isoformat()
-    cutoff = (as_of - dt.timedelta(days=LABEL_HORIZON_DAYS)).isoformat()
+    cutoff = (as_of - dt.timedelta(days=horizon)).isoformat()
     usable = [d for d in ordered if warm_from <= d <= cutoff]
     return usable[-max_days:]
 
@@ -110,11 +98,30 @@ def time_split(frame: pd.DataFrame, holdout_days: int = 3, validation_days: int 
     )
 
 
-def model_matrix(features: pd.DataFrame) -> pd.DataFrame:
+def categories(uc: UseCase, frame: pd.DataFrame | None = None) -> dict[str, list[str]]:
+    """The category set of every category feature: the spec's vocabulary, else learnt from ``frame``.
+
+    Fixed at training time and kept in the model (LightGBM's ``pandas_categorical``), so the
+    integer codes it sees are the same at training and scoring.
+    """
+    out: dict[str, list[str]] = {}
+    for col in uc.categorical:
+        vocabulary = uc.vocabulary(col)
+        if vocabulary is not None:
+            out[col] = list(vocabulary)
+        elif frame is not None:
+            out[col] = sorted(str(v) for v in frame[col].dropna().unique())
+        else:
+            raise ValueError(f"{uc.name}: {col} has no known values in the spec and no frame to learn them from")
+    return out
+
+
+def model_matrix(features: pd.DataFrame, uc: UseCase, cats: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """The model's input: feature columns in a fixed order, categoricals with fixed categories."""
-    x = features[FEATURE_COLUMNS].copy()
-    for col in CATEGORICAL:
-        x[col] = pd.Categorical(x[col], categories=CATEGORIES[col])
+    cats = categories(uc, features) if cats is None else cats
+    x = features[uc.feature_columns].copy()
+    for col in uc.categorical:
+        x[col] = pd.Categorical(x[col], categories=cats[col])
     return x
 
 
@@ -123,35 +130,58 @@ class FittedModel:
     booster: Any  # lightgbm.Booster
     params: dict[str, Any]
     best_iteration: int
-    feature_names: list[str] = field(default_factory=lambda: list(FEATURE_COLUMNS))
+    use_case: UseCase
+    categories: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.use_case.feature_columns)
 
     @classmethod
-    def from_booster(cls, booster: Any) -> FittedModel:
-        """A model loaded from the registry (LightGBM keeps its best iteration in the file)."""
+    def from_booster(cls, booster: Any, uc: UseCase) -> FittedModel:
+        """A model loaded from the registry (LightGBM keeps its best iteration and categories in the file)."""
         # A loaded booster reports best_iteration -1: its file holds the trees to use.
         best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
-        return cls(booster=booster, params=dict(getattr(booster, "params", {}) or {}), best_iteration=best)
+        trained = getattr(booster, "pandas_categorical", None) or []
+        if len(trained) != len(uc.categorical):
+            raise ValueError(
+                f"the model knows {len(trained)} categorical features, {uc.name} has {len(uc.categorical)}"
+            )
+        cats = {col: list(values) for col, values in zip(uc.categorical, trained, strict=True)}
+        return cls(booster=booster, params=dict(getattr(booster, "params", {}) or {}), best_iteration=best,
+                   use_case=uc, categories=cats)
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self.booster.predict(model_matrix(features), num_iteration=self.best_iteration))
+        x = model_matrix(features, self.use_case, self.categories)
+        return np.asarray(self.booster.predict(x, num_iteration=self.best_iteration))
 
     def feature_importance(self) -> pd.Series:
         gain = self.booster.feature_importance(importance_type="gain", iteration=self.best_iteration)
         return pd.Series(gain, index=self.feature_names).sort_values(ascending=False)
 
 
-def fit(split: Split, params: dict[str, Any] | None = None, num_boost_round: int = 400) -> FittedModel:
-    """Train LightGBM with early stopping on the validation days."""
+def fit(split: Split, uc: UseCase, params: dict[str, Any] | None = None) -> FittedModel:
+    """Train the use case's model (LightGBM) with early stopping on the validation days."""
     import lightgbm as lgb
 
-    params = {**DEFAULT_PARAMS, **(params or {})}
-    train = lgb.Dataset(model_matrix(split.train), label=split.train[LABEL].astype(int), free_raw_data=False)
-    valid = lgb.Dataset(model_matrix(split.validation), label=split.validation[LABEL].astype(int), reference=train)
+    spec = uc.spec.model
+    if spec.flavor != "lightgbm":
+        raise ValueError(f"{uc.name}: model flavor {spec.flavor!r} is not supported (lightgbm)")
+    params = {**DEFAULT_PARAMS, **spec.params, **(params or {})}
+    cats = categories(uc, split.train)
+    label = uc.label
+    train = lgb.Dataset(model_matrix(split.train, uc, cats), label=split.train[label].astype(int), free_raw_data=False)
+    valid = lgb.Dataset(
+        model_matrix(split.validation, uc, cats), label=split.validation[label].astype(int), reference=train
+    )
     booster = lgb.train(
         params,
         train,
-        num_boost_round=num_boost_round,
+        num_boost_round=spec.num_boost_round,
         valid_sets=[valid],
-        callbacks=[lgb.early_stopping(30, verbose=False)],
+        callbacks=[lgb.early_stopping(spec.early_stopping_rounds, verbose=False)],
     )
-    return FittedModel(booster=booster, params=params, best_iteration=int(booster.best_iteration or num_boost_round))
+    return FittedModel(
+        booster=booster, params=params, best_iteration=int(booster.best_iteration or spec.num_boost_round),
+        use_case=uc, categories=cats,
+    )

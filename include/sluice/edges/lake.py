@@ -30,7 +30,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from sluice.core.lineage import META_PREFIX as _META_PREFIX
 from sluice.core.lineage import Lineage
 from sluice.settings import Settings
-from sluice.tables import ALL_TABLES, PARTITION_COLUMN, Table
+from sluice.tables import PARTITION_COLUMN, RECORD_TABLES, Table
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class TableStatus:
 
 
 class Lake:
-    """The lake under ``settings.lake_uri``.
+    """The lake of one use case: ``settings.lake_root`` (``<lake_uri>/<use case>``).
 
     Keeps every table it opened: a read of the latest version first applies the log
     entries committed since (by this or any other process), a read of a pinned version
@@ -76,7 +76,7 @@ class Lake:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.root = settings.lake_uri
+        self.root = settings.lake_root
         self.storage_options = settings.storage_options()
         self._latest: dict[str, DeltaTable] = {}  # table name -> follows the latest version
         self._pinned: dict[tuple[str, int], DeltaTable] = {}  # (table name, version) -> that version
@@ -284,8 +284,15 @@ class Lake:
         """Lineage recorded in the commit that produced ``version`` (default: latest)."""
         return _lineage(self._open(table), version)
 
-    def status(self, tables: Sequence[Table] = ALL_TABLES) -> list[TableStatus]:
+    def all_tables(self) -> tuple[Table, ...]:
+        """The use case's tables, then the record tables every use case has."""
+        from sluice.core import usecase
+
+        return usecase.of(self.settings).tables.all() + RECORD_TABLES
+
+    def status(self, tables: Sequence[Table] | None = None) -> list[TableStatus]:
         out = []
+        tables = self.all_tables() if tables is None else tables
         for table in tables:
             dt = self._current(table)  # one snapshot per table: the figures agree with each other
             if dt is None:

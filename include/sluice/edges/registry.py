@@ -52,7 +52,7 @@ class Registry:
         from mlflow import MlflowClient
 
         self.settings = settings
-        self.name = settings.model_name
+        self.name = settings.model
         uri = settings.mlflow_tracking_uri
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -65,16 +65,16 @@ class Registry:
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     def experiment_id(self) -> str:
-        exp = self.client.get_experiment_by_name(self.settings.experiment_name)
+        exp = self.client.get_experiment_by_name(self.settings.experiment)
         if exp is not None:
             return str(exp.experiment_id)
         artifacts = self.settings.artifacts
         if artifacts.startswith("file://"):
             Path(urlparse(artifacts).path).mkdir(parents=True, exist_ok=True)
         try:
-            return str(self.client.create_experiment(self.settings.experiment_name, artifact_location=artifacts))
+            return str(self.client.create_experiment(self.settings.experiment, artifact_location=artifacts))
         except Exception:  # created concurrently by another run
-            exp = self.client.get_experiment_by_name(self.settings.experiment_name)
+            exp = self.client.get_experiment_by_name(self.settings.experiment)
             if exp is None:
                 raise
             return str(exp.experiment_id)

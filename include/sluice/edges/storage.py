@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from urllib.parse import unquote, urlparse
 
 from pyarrow import fs as pafs
@@ -27,3 +28,33 @@ def filesystem(settings: Settings, uri: str) -> tuple[pafs.FileSystem, str]:
             kwargs["session_token"] = opts.get("AWS_SESSION_TOKEN")
         return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{parsed.path}"
     raise ValueError(f"unsupported URI scheme in {uri!r}")
+
+
+def put_object(settings: Settings, uri: str, data: bytes) -> None:
+    """Write one object under the lake (file:// or s3://); never visible half-written."""
+    fs, path = filesystem(settings, uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)  # rename: atomic on one filesystem
+    else:
+        with fs.open_output_stream(path) as out:  # an object PUT is atomic
+            out.write(data)
+
+
+# -- drift reports ------------------------------------------------------------------------
+REPORTS_PREFIX = "reports/drift"  # under the use case's lake root: the only files the Sluice view serves
+
+
+def reports_root(settings: Settings) -> str:
+    """``<lake root>/reports/drift``: the prefix every drift report of the use case lies under."""
+    return f"{settings.lake_root}/{REPORTS_PREFIX}"
+
+
+def report_uri(settings: Settings, ds: str, name: str = "report.html") -> str:
+    """The drift report file ``name`` of day ``ds``: ``<lake root>/reports/drift/ds=<ds>/<name>``."""
+    from sluice.edges.lake import check_day  # (deltalake: only when a report is asked for)
+
+    return f"{reports_root(settings)}/ds={check_day(ds)}/{name}"

@@ -1,4 +1,8 @@
-"""The ``sluice`` command: ``status``, ``demo``, ``load-history``, ``model``, ``serve``, ``airflow-env``."""
+"""The ``sluice`` command: ``usecase``, ``status``, ``demo``, ``load-history``, ``model``, ``serve``, ``airflow-env``.
+
+Commands that read or write one use case's lake take ``--use-case NAME`` (a built-in
+name or a folder); the default is ``SLUICE_USE_CASE``, else the first of ``SLUICE_USE_CASES``.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +20,27 @@ from pathlib import Path
 log = logging.getLogger("sluice")
 
 
-def _status(args: argparse.Namespace) -> int:
-    from sluice.edges.lake import Lake
+def _settings(args: argparse.Namespace):
+    """The settings of the environment, for the use case the command names (if it names one)."""
     from sluice.settings import load_settings
-    from sluice.tables import QUARANTINE_EVENTS
 
     settings = load_settings()
+    ref = getattr(args, "use_case", None)
+    return settings.for_use_case(ref) if ref else settings
+
+
+def _status(args: argparse.Namespace) -> int:
+    from sluice.core import usecase
+    from sluice.edges.lake import Lake
+
+    settings = _settings(args)
+    uc = usecase.of(settings)
     statuses = Lake(settings).status()
     if args.json:
-        print(json.dumps({"lake": settings.lake_uri, "tables": [asdict(s) for s in statuses]}, indent=2, default=str))
+        print(json.dumps({"use_case": uc.name, "lake": settings.lake_root, "tables": [asdict(s) for s in statuses]},
+                         indent=2, default=str))
         return 0
-    print(f"lake: {settings.lake_uri}")
+    print(f"use case: {uc.name}   lake: {settings.lake_root}")
     header = f"{'table':31} {'version':>7} {'partitions':>10} {'latest':>11} {'rows latest':>11} {'rows total':>11}"
     print(header)
     print("-" * len(header))
@@ -36,7 +50,7 @@ def _status(args: argparse.Namespace) -> int:
             f"{s.table:31} {version:>7} {s.partitions:>10} {s.latest_partition or '-':>11} "
             f"{s.rows_latest_partition:>11,} {s.rows_total:>11,}"
         )
-    quarantined = next(s for s in statuses if s.table == QUARANTINE_EVENTS.name)
+    quarantined = next(s for s in statuses if s.table == uc.tables.quarantine.name)
     print(f"\nquarantined rows: {quarantined.rows_total:,} in {quarantined.partitions} partitions")
     return 0
 
@@ -45,7 +59,7 @@ def _days(start: str, end: str) -> int:
     return (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days + 1
 
 
-def _mondays(history_start: str, start: str, end: str, warmup_days: int) -> list[str]:
+def _mondays(history_start: str, start: str, end: str, warmup_days: int, horizon: int) -> list[str]:
     """Logical dates of the weekly runs in [start, end] that can train: their Sunday has
     at least 7 matured snapshot days after the warm-up. Earlier weeks would only skip
     (the end-to-end tests cover that path)."""
@@ -56,7 +70,7 @@ def _mondays(history_start: str, start: str, end: str, warmup_days: int) -> list
     day = first + dt.timedelta(days=(7 - first.weekday()) % 7)
     out = []
     while day + dt.timedelta(days=6) <= last:
-        if len(training_days(lake_days, day + dt.timedelta(days=6), warmup_days=warmup_days)) >= 7:
+        if len(training_days(lake_days, day + dt.timedelta(days=6), horizon=horizon, warmup_days=warmup_days)) >= 7:
             out.append(day.isoformat())
         day += dt.timedelta(days=7)
     return out
@@ -78,15 +92,23 @@ def _wait(airflow, dag_id: str, expected: int, timeout: float, step, home: Path)
 def _demo(args: argparse.Namespace) -> int:
     import os
 
+    from sluice.core import usecase
     from sluice.ops.embedded import LocalAirflow, free_port
+    from sluice.orchestration.context import dag_id as stage_dag_id
     from sluice.settings import load_settings
     from sluice.stages import etl as pipeline
+    from sluice.stages.retrain import warmup_days
 
     project = Path(args.project).resolve()
     home = project / ".airflow"
     lake = project / ".lake"
+    ref = args.use_case or load_settings().use_case
+    uc = usecase.load_use_case(ref)
     env = {
         "SLUICE_LAKE_URI": lake.as_uri(),
+        # The demo's Airflow runs this use case's five DAGs only.
+        "SLUICE_USE_CASES": ref,
+        "SLUICE_USE_CASE": ref,
         "SLUICE_MLFLOW_TRACKING_URI": f"sqlite:///{project / '.mlflow' / 'mlflow.db'}",
         "SLUICE_SIM_CUSTOMERS": str(args.customers),
         "SLUICE_SIM_DEFECT_RATE": str(args.defect_rate),
@@ -103,10 +125,15 @@ def _demo(args: argparse.Namespace) -> int:
             shutil.rmtree(path)
     os.environ.update(env)
     settings = load_settings()
+    step(f"use case {uc.name} ({uc.folder}): {len(uc.feature_columns)} features, label {uc.label}")
+
+    def dag_id(stage: str) -> str:
+        return stage_dag_id(uc.name, stage)
+
     start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
     history_start = dt.date.fromisoformat(args.history_start)
     if history_start < start:
-        # Features need 90 days behind them and labels 30 days ahead: a new deployment
+        # Features need their longest window behind them and labels a horizon ahead: a new deployment
         # loads those months once, in one process, before its first scheduled day.
         history_end = start - dt.timedelta(days=1)
         step(f"sluice load-history --from {history_start} --to {history_end} (in this process)")
@@ -114,7 +141,7 @@ def _demo(args: argparse.Namespace) -> int:
             day = dt.date.fromisoformat(summary["ds"])
             if day.day == 1 or day == history_end:
                 step(f"  loaded {summary['ds']}: {summary['ingest']['rows']:,} events, "
-                     f"{summary['features']['customers']:,} customers with features")
+                     f"{summary['features']['entities']:,} {uc.spec.entity.name}s with features")
 
         loaded = pipeline.load_history(settings, history_start, history_end, progress=progress)
         step(f"history loaded: {len(loaded)} days, {sum(d['ingest']['rows'] for d in loaded):,} raw events")
@@ -127,39 +154,37 @@ def _demo(args: argparse.Namespace) -> int:
     airflow.apply_settings()
     n = _days(args.start, args.end)
     # Both backfills at once: nightly_etl's wait_for_raw lets each day follow its ingestion.
-    for dag_id in ("ingest_raw", "nightly_etl"):
-        airflow.backfill(dag_id, args.start, args.end, max_active_runs=8)
-        step(f"airflow backfill create --dag-id {dag_id} --from-date {args.start} --to-date {args.end}")
+    for stage in ("ingest_raw", "nightly_etl"):
+        airflow.backfill(dag_id(stage), args.start, args.end, max_active_runs=8)
+        step(f"airflow backfill create --dag-id {dag_id(stage)} --from-date {args.start} --to-date {args.end}")
     airflow.start()
     try:
         airflow.wait_until_healthy()
         step(f"Airflow is up at {airflow.base_url} (api-server, scheduler, dag-processor); running the backfills")
-        for dag_id in ("ingest_raw", "nightly_etl"):
-            if not _wait(airflow, dag_id, n, args.timeout, step, home):
+        for stage in ("ingest_raw", "nightly_etl"):
+            if not _wait(airflow, dag_id(stage), n, args.timeout, step, home):
                 return 1
         # Weekly retraining for every week with matured labels, then a week of scoring,
         # each day with the model that was champion on it, and its drift reports.
         # The last two weeks that can train: the first promotes on the floors, the
         # second must beat it (--retrain-weeks 0 retrains every week that can).
-        mondays = _mondays(args.history_start, args.start, args.end, settings.train_warmup_days)
+        mondays = _mondays(args.history_start, args.start, args.end, warmup_days(settings, uc), uc.horizon)
         mondays = mondays[-args.retrain_weeks:] if args.retrain_weeks else mondays
         if mondays:
-            airflow.backfill("weekly_retrain", mondays[0], mondays[-1], max_active_runs=1)
-            step(f"airflow backfill create --dag-id weekly_retrain --from-date {mondays[0]} --to-date {mondays[-1]}")
-            if not _wait(airflow, "weekly_retrain", len(mondays), args.timeout, step, home):
+            retrain = dag_id("weekly_retrain")
+            airflow.backfill(retrain, mondays[0], mondays[-1], max_active_runs=1)
+            step(f"airflow backfill create --dag-id {retrain} --from-date {mondays[0]} --to-date {mondays[-1]}")
+            if not _wait(airflow, retrain, len(mondays), args.timeout, step, home):
                 return 1
             score_from = max(start, end - dt.timedelta(days=6)).isoformat()
-            airflow.backfill("batch_score", score_from, args.end, max_active_runs=4)
-            step(f"airflow backfill create --dag-id batch_score --from-date {score_from} --to-date {args.end}")
-            if not _wait(airflow, "batch_score", _days(score_from, args.end), args.timeout, step, home):
-                return 1
-            airflow.backfill("drift_report", score_from, args.end, max_active_runs=1)
-            step(f"airflow backfill create --dag-id drift_report --from-date {score_from} --to-date {args.end}")
-            if not _wait(airflow, "drift_report", _days(score_from, args.end), args.timeout, step, home):
-                return 1
+            for stage, parallel in (("batch_score", 4), ("drift_report", 1)):
+                airflow.backfill(dag_id(stage), score_from, args.end, max_active_runs=parallel)
+                step(f"airflow backfill create --dag-id {dag_id(stage)} --from-date {score_from} --to-date {args.end}")
+                if not _wait(airflow, dag_id(stage), _days(score_from, args.end), args.timeout, step, home):
+                    return 1
             # An early retraining triggered by drift runs after the reports: let it finish.
-            weekly = len(airflow.runs("weekly_retrain"))
-            if weekly > len(mondays) and not _wait(airflow, "weekly_retrain", weekly, args.timeout, step, home):
+            weekly = len(airflow.runs(retrain))
+            if weekly > len(mondays) and not _wait(airflow, retrain, weekly, args.timeout, step, home):
                 return 1
         else:
             step(f"no week in {args.start}..{args.end} has matured labels after the warm-up: no retraining")
@@ -167,9 +192,9 @@ def _demo(args: argparse.Namespace) -> int:
         airflow.stop()
         step("Airflow stopped")
     print()
-    _status(argparse.Namespace(json=False))
+    _status(argparse.Namespace(json=False, use_case=ref))
     print()
-    code = _model(argparse.Namespace(model_command="status", json=False))
+    code = _model(argparse.Namespace(model_command="status", json=False, use_case=ref))
     print()
     _drift_summary(settings)
     return code
@@ -177,7 +202,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _drift_summary(settings) -> None:
     from sluice.edges.lake import Lake
-    from sluice.stages.drift import report_uri
+    from sluice.stages.monitoring import report_uri
     from sluice.tables import DRIFT_HISTORY
 
     lake = Lake(settings)
@@ -195,17 +220,16 @@ def _drift_summary(settings) -> None:
 
 
 def _load_history(args: argparse.Namespace) -> int:
-    from sluice.settings import load_settings
     from sluice.stages import etl as pipeline
 
     def progress(summary: dict) -> None:
         print(
             f"{summary['ds']}: {summary['ingest']['rows']:,} raw, {summary['curate']['quarantined']:,} "
-            f"quarantined, {summary['features']['customers']:,} customers",
+            f"quarantined, {summary['features']['entities']:,} in the population",
             flush=True,
         )
 
-    settings = load_settings()
+    settings = _settings(args)
     pipeline.load_history(
         settings, dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end), progress=progress
     )
@@ -215,11 +239,10 @@ def _load_history(args: argparse.Namespace) -> int:
 def _model(args: argparse.Namespace) -> int:
     from sluice.edges.lake import Lake
     from sluice.edges.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, RegistryError
-    from sluice.settings import load_settings
     from sluice.stages import promotions
     from sluice.tables import MODEL_DECISIONS
 
-    settings = load_settings()
+    settings = _settings(args)
     today = dt.datetime.now(dt.UTC).date()  # an operator's action takes effect today
     try:
         if args.model_command == "promote":
@@ -242,7 +265,8 @@ def _model(args: argparse.Namespace) -> int:
     )
     history = promotions.history(lake)
     report = {
-        "model": settings.model_name,
+        "model": settings.model,
+        "use_case": settings.use_case_name,
         "aliases": aliases,
         "versions": [
             {"version": v.version, "run_id": v.run_id, "tags": {k: t for k, t in v.tags.items() if k.startswith("gate.")}}
@@ -254,7 +278,7 @@ def _model(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
-    print(f"model {settings.model_name} ({settings.mlflow_tracking_uri})")
+    print(f"model {settings.model} of use case {settings.use_case_name} ({settings.mlflow_tracking_uri})")
     for alias in (CHAMPION, PREVIOUS, CHALLENGER):
         print(f"  @{alias:18} v{aliases[alias]}" if alias in aliases else f"  @{alias:18} -")
     if decisions:
@@ -271,14 +295,19 @@ def _model(args: argparse.Namespace) -> int:
 
 
 def _embedded(args: argparse.Namespace):
+    import os
+
     from sluice.ops.embedded import LocalAirflow
 
     project = Path(args.project).resolve()
+    # The project's own lake, unless one is exported: the tasks, the view and this CLI
+    # must all read the same lake.
+    lake = os.environ.get("SLUICE_LAKE_URI") or (project / ".lake").as_uri()
     return LocalAirflow(
         home=project / ".airflow",
         project=project,
         port=args.port,
-        extra_env={"SLUICE_LAKE_URI": (project / ".lake").as_uri()},
+        extra_env={"SLUICE_LAKE_URI": lake},
         schedules=args.schedules,
     )
 
@@ -312,23 +341,29 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sluice.ops import usecase_cli
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    usecase_cli.add_parser(sub)
 
     history = sub.add_parser(
         "load-history", help="ingest, curate and build features for a range of days in this process (a first load)"
     )
     history.add_argument("--from", dest="start", required=True, help="first day, YYYY-MM-DD")
     history.add_argument("--to", dest="end", required=True, help="last day, YYYY-MM-DD")
+    history.add_argument("--use-case", help="the use case (name or folder); default: SLUICE_USE_CASE or the first")
     history.set_defaults(func=_load_history)
 
     status = sub.add_parser("status", help="what is in the lake: tables, versions, latest partition, rows")
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--use-case", help="the use case (name or folder); default: SLUICE_USE_CASE or the first")
     status.set_defaults(func=_status)
 
     demo = sub.add_parser("demo", help="run the pipelines through an embedded Airflow over a simulated history")
     demo.add_argument("--project", default=".", help="project root (holds dags/, .airflow, .lake)")
+    demo.add_argument("--use-case", help="the use case to run (name or folder); default: the first of SLUICE_USE_CASES")
     demo.add_argument(
         "--history-start", default="2026-01-01", help="first day of the history loaded in-process before --start"
     )
@@ -344,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--timeout", type=float, default=1500, help="seconds to wait for each backfill")
     demo.set_defaults(func=_demo)
 
-    model = sub.add_parser("model", help="the registered churn model: status, promote, rollback")
+    model = sub.add_parser("model", help="a use case's registered model: status, promote, rollback")
     model_sub = model.add_subparsers(dest="model_command", required=True)
     m_status = model_sub.add_parser("status", help="aliases, versions, the last gate decision, promotion history")
     m_status.add_argument("--json", action="store_true")
@@ -353,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     m_promote.add_argument("--reason", required=True, help="why; recorded in the promotion history")
     m_rollback = model_sub.add_parser("rollback", help="make the previous champion the champion again")
     m_rollback.add_argument("--reason", required=True, help="why; recorded in the promotion history")
+    for cmd in (m_status, m_promote, m_rollback):
+        cmd.add_argument("--use-case", help="the use case (name or folder); default: SLUICE_USE_CASE or the first")
     model.set_defaults(func=_model)
 
     for name, func, text in (

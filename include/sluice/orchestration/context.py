@@ -31,6 +31,37 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 SOURCE_CONNECTION_ID = "sluice_source_postgres"
+SCORES_POSTGRES = "sluice_scores_postgres"
+SCORES_REDIS = "sluice_scores_redis"
+ALERT_WEBHOOK = "sluice_alert_webhook"
+
+STAGES = ("ingest_raw", "nightly_etl", "weekly_retrain", "batch_score", "drift_report")
+
+
+def dag_id(use_case: str, stage: str) -> str:
+    """The id of a use case's DAG for a stage, e.g. ``<use case>__batch_score``: every use case has its own."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
+    return f"{use_case}__{stage}"
+
+
+def deployed_use_cases() -> list[tuple[str, str]]:
+    """(reference, name) of every use case this deployment runs (``SLUICE_USE_CASES``), at parse time.
+
+    Reads the environment only: no database, connection or network.
+    """
+    from sluice.settings import Settings, use_case_name
+
+    return [(ref, use_case_name(ref)) for ref in Settings().use_cases]
+
+
+def asset_name(use_case: str, table: str) -> str:
+    """The Airflow Asset that marks an update of a use case's table (a role, or a record table's name)."""
+    return f"sluice.{use_case}." + table.replace("/", ".")
+
+
+def tags(use_case: str, *more: str) -> list[str]:
+    return ["sluice", f"use_case:{use_case}", *more]
 
 
 def daily() -> CronDataIntervalTimetable:
@@ -84,15 +115,26 @@ def as_of_day(context: Mapping[str, Any]) -> dt.date:
     return end.astimezone(dt.UTC).date() - dt.timedelta(days=1)
 
 
-def partition_ready(table_name: str, day: dt.date) -> bool:
-    """Whether ``table_name`` has partition ``day`` yet: what every wait_for_* sensor asks."""
+def partition_ready(use_case: str, table: str, day: dt.date) -> bool:
+    """Whether a table of the use case has partition ``day`` yet: what every wait_for_* sensor asks.
+
+    ``table`` is a role of the use case's tables (raw, curated, features, predictions, ...)
+    or the name of a record table.
+    """
+    from sluice.core import usecase
     from sluice.edges.lake import Lake
-    from sluice.tables import by_name
+    from sluice.tables import Table, by_name
 
-    return Lake(runtime_settings()).has_partition(by_name(table_name), day.isoformat())
+    settings = runtime_settings(use_case)
+    tables = usecase.of(settings).tables
+    lake = Lake(settings)
+    found: Table = getattr(tables, table) if table in ROLES else by_name(table)
+    return lake.has_partition(found, day.isoformat())
 
 
-RETRAIN_DAG_ID = "weekly_retrain"
+ROLES = ("raw", "quarantine", "curated", "state", "features", "predictions")
+
+
 UNFINISHED = ("queued", "running")
 
 
@@ -113,7 +155,7 @@ def retrain_runs_taking_effect_on(day: dt.date) -> tuple[list[dt.datetime], list
     return logical_dates, [early_retrain_run_id(as_of.isoformat())]
 
 
-def retraining_settled(ti: Any, day: dt.date) -> bool:
+def retraining_settled(ti: Any, day: dt.date, retrain_dag_id: str) -> bool:
     """Whether no retraining that could change the champion of ``day`` is still queued or running.
 
     What batch_score waits for before it resolves the model: on a Monday the week's retraining is
@@ -123,10 +165,10 @@ def retraining_settled(ti: Any, day: dt.date) -> bool:
     logical_dates, run_ids = retrain_runs_taking_effect_on(day)
     pending = 0
     if logical_dates:
-        pending += ti.get_dr_count(dag_id=RETRAIN_DAG_ID, logical_dates=logical_dates, states=list(UNFINISHED))
-    pending += ti.get_dr_count(dag_id=RETRAIN_DAG_ID, run_ids=run_ids, states=list(UNFINISHED))
+        pending += ti.get_dr_count(dag_id=retrain_dag_id, logical_dates=logical_dates, states=list(UNFINISHED))
+    pending += ti.get_dr_count(dag_id=retrain_dag_id, run_ids=run_ids, states=list(UNFINISHED))
     if pending:
-        log.info("waiting for %d %s run(s) decided as of %s to finish", pending, RETRAIN_DAG_ID, day - dt.timedelta(days=1))
+        log.info("waiting for %d %s run(s) decided as of %s to finish", pending, retrain_dag_id, day - dt.timedelta(days=1))
     return pending == 0
 
 
@@ -135,11 +177,13 @@ def run_context(context: Mapping[str, Any]) -> RunContext:
     return RunContext(dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
 
-def runtime_settings() -> Settings:
-    """Settings for a task: the environment, plus the source connection when one exists."""
+def runtime_settings(use_case: str | None = None) -> Settings:
+    """Settings for a task of ``use_case``: the environment, plus the source connection when one exists."""
     from sluice.settings import load_settings
 
     settings = load_settings()
+    if use_case is not None:
+        settings = settings.for_use_case(use_case)
     if settings.source == "postgres" and not settings.source_postgres_dsn:
         from airflow.sdk import BaseHook
         from airflow.sdk.exceptions import AirflowNotFoundException
@@ -168,21 +212,27 @@ def connection_or_skip(conn_id: str) -> Any:
         raise AirflowSkipException(f"connection {conn_id} is not configured: publisher off") from exc
 
 
-def publish_scores(kind: str, conn_id: str, ds: str) -> int:
+def publish_scores(use_case: str, kind: str, conn_id: str, ds: str) -> int:
     """Publish the predictions of ``ds`` through the connection ``conn_id`` (skip if absent)."""
     from urllib.parse import quote
 
+    from sluice.core import usecase
     from sluice.edges import publish
     from sluice.edges.lake import Lake
-    from sluice.tables import PREDICTIONS_CHURN
 
     conn = connection_or_skip(conn_id)
-    scores = Lake(runtime_settings()).read_partition(PREDICTIONS_CHURN, ds).to_pandas()
+    settings = runtime_settings(use_case)
+    uc = usecase.of(settings)
+    target = publish.Target(
+        postgres_table=uc.spec.publish.postgres_table, redis_prefix=uc.spec.publish.redis_prefix, key=uc.key,
+        key_type=uc.spec.entity.type, redis_ttl_seconds=uc.spec.publish.redis_ttl_days * 24 * 3600,
+    )
+    scores = Lake(settings).read_partition(uc.tables.predictions, ds).to_pandas()
     if kind == "postgres":
-        return publish.publish_postgres(libpq_dsn(conn), scores)
+        return publish.publish_postgres(libpq_dsn(conn), scores, target)
     auth = f":{quote(conn.password)}@" if conn.password else ""
     url = f"redis://{auth}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{conn.schema or 0}"
-    return publish.publish_redis(url, scores, ds)
+    return publish.publish_redis(url, scores, ds, target)
 
 
 def libpq_dsn(conn: Any) -> str:

@@ -1,7 +1,8 @@
 """The steps of ingest_raw and nightly_etl for one partition day: I/O at the edge.
 
-Each step reads and writes partition D only (plus the label of D - 30), records
-lineage in every commit, and returns a small dict for XCom.
+Each step reads and writes partition D only (plus the label of D - horizon), records
+lineage in every commit, and returns a small dict for XCom. What the tables hold, which
+checks run and which features are built comes from the use case's spec.
 """
 
 from __future__ import annotations
@@ -14,20 +15,14 @@ import pandas as pd
 import pyarrow as pa
 
 from sluice.core import features as F
+from sluice.core import usecase
 from sluice.core.contracts import ContractViolation, split_by_contract
 from sluice.core.lineage import RunContext
+from sluice.core.usecase import UseCase
 from sluice.edges.lake import Lake, LakeError
-from sluice.edges.sources import Source, SourceError, make_source
+from sluice.edges.sources import Source, SourceError, conform, extra_fields, make_source
 from sluice.settings import Settings
-from sluice.tables import (
-    CURATED_EVENTS,
-    CUSTOMER_STATE,
-    FEATURES_CUSTOMER_DAILY,
-    PARTITION_COLUMN,
-    QUARANTINE_EVENTS,
-    RAW_EVENTS,
-    Table,
-)
+from sluice.tables import PARTITION_COLUMN, Table
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +33,36 @@ def _frame_to_table(table: Table, df: pd.DataFrame, ds: str | None = None) -> pa
     return pa.Table.from_pandas(df[table.columns], schema=table.schema, preserve_index=False)
 
 
+def max_invalid_share(settings: Settings, uc: UseCase) -> float:
+    """The use case's limit, unless the deployment overrides it (SLUICE_CONTRACT_MAX_INVALID_SHARE)."""
+    override = settings.contract_max_invalid_share
+    return uc.spec.contract.max_invalid_share if override is None else override
+
+
 def ingest_day(settings: Settings, day: dt.date, ctx: RunContext, source: Source | None = None) -> dict[str, Any]:
     """Extract the events of ``day`` from the source into ``raw/events`` partition D."""
-    source = source or make_source(settings)
+    uc = usecase.of(settings)
+    RAW_EVENTS = uc.tables.raw
+    source = source or make_source(settings, uc)
     ds = F.day_str(day)
     start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     data = source.extract(start, start + dt.timedelta(days=1))
     if data.num_rows == 0:
-        # A subscription business never has a day without a single event: an empty extract
-        # means an upstream outage or a misconfigured source. Fail loudly and write nothing.
+        # An empty extract means an upstream outage or a misconfigured source far more often
+        # than a day without a single event. Fail loudly and write nothing.
         raise SourceError(f"{source.name}: no events for {ds} in [{start:%Y-%m-%d %H:%M}, +1 day); nothing written")
+    data = conform(data, source.name, uc)  # whatever the source, the raw schema of the use case
+    extras = extra_fields(data)
+    if extras:
+        log.warning("%s %s: field(s) %s are not in the spec of %s: kept in raw/events.extra_fields, not used",
+                    source.name, ds, extras, uc.name)
     data = data.append_column(PARTITION_COLUMN, pa.array([ds] * data.num_rows, pa.string()))
     lake = Lake(settings)
     version = lake.write_partition(
-        RAW_EVENTS, ds, data, ctx.lineage(ds, {}, source=source.name, rows=data.num_rows)
+        RAW_EVENTS, ds, data, ctx.lineage(ds, {}, source=source.name, rows=data.num_rows, extra_fields=extras)
     )
-    return {"table": RAW_EVENTS.name, "ds": ds, "rows": data.num_rows, "version": version, "source": source.name}
+    return {"table": RAW_EVENTS.name, "ds": ds, "rows": data.num_rows, "version": version, "source": source.name,
+            "extra_fields": extras}
 
 
 def curate_day(settings: Settings, day: dt.date, ctx: RunContext) -> dict[str, Any]:
@@ -62,6 +71,8 @@ def curate_day(settings: Settings, day: dt.date, ctx: RunContext) -> dict[str, A
     Raises :class:`ContractViolation` (after quarantining) when the invalid share
     is above the contract's limit; ``curated/events`` is then left as it was.
     """
+    uc = usecase.of(settings)
+    RAW_EVENTS, QUARANTINE_EVENTS, CURATED_EVENTS = uc.tables.raw, uc.tables.quarantine, uc.tables.curated
     lake = Lake(settings)
     ds = F.day_str(day)
     if not lake.has_partition(RAW_EVENTS, ds):
@@ -69,7 +80,7 @@ def curate_day(settings: Settings, day: dt.date, ctx: RunContext) -> dict[str, A
     raw_version = lake.version(RAW_EVENTS)
     assert raw_version is not None
     raw = lake.read_partition(RAW_EVENTS, ds, version=raw_version).to_pandas()
-    result = split_by_contract(raw, day)
+    result = split_by_contract(raw, day, uc)
     inputs = {RAW_EVENTS.name: raw_version}
     summary: dict[str, Any] = {
         "ds": ds,
@@ -78,21 +89,24 @@ def curate_day(settings: Settings, day: dt.date, ctx: RunContext) -> dict[str, A
         "quarantined": len(result.quarantined),
         "invalid_share": round(result.invalid_share, 6),
         "failures": result.failures,
+        "duplicates_removed": result.duplicates,
     }
     # Quarantine is written every time (also empty) so a re-run leaves no stale rows.
     summary["quarantine_version"] = lake.write_partition(
         QUARANTINE_EVENTS,
         ds,
         _frame_to_table(QUARANTINE_EVENTS, result.quarantined, ds),
-        ctx.lineage(ds, inputs, rows=len(result.quarantined), failures=result.failures),
+        ctx.lineage(ds, inputs, rows=len(result.quarantined), failures=result.failures,
+                    duplicates_removed=result.duplicates),
     )
-    limit = settings.contract_max_invalid_share
+    limit = max_invalid_share(settings, uc)
     if result.invalid_share > limit:
         raise ContractViolation(
             f"raw/events {ds}: {len(result.quarantined)} of {result.rows_in} rows "
             f"({result.invalid_share:.1%}) break the contract, above the limit of {limit:.1%}. "
             f"Failed column: check (rows): {result.describe()}. "
-            f"The rows are kept in {QUARANTINE_EVENTS.name} ds={ds}; curated/events and features were not changed."
+            f"The rows are kept in {QUARANTINE_EVENTS.name} ds={ds}; {CURATED_EVENTS.name} and features were not "
+            "changed."
         )
     if result.failures:
         log.warning("raw/events %s: %d rows quarantined: %s", ds, len(result.quarantined), result.describe())
@@ -100,7 +114,7 @@ def curate_day(settings: Settings, day: dt.date, ctx: RunContext) -> dict[str, A
         CURATED_EVENTS,
         ds,
         _frame_to_table(CURATED_EVENTS, result.valid, ds),
-        ctx.lineage(ds, inputs, rows=len(result.valid)),
+        ctx.lineage(ds, inputs, rows=len(result.valid), duplicates_removed=result.duplicates),
     )
     return summary
 
@@ -113,77 +127,87 @@ def _read_or_none(lake: Lake, table: Table, ds: str, version: int | None) -> pd.
 
 
 def build_features_day(settings: Settings, day: dt.date, ctx: RunContext) -> dict[str, Any]:
-    """Advance the customer state to D, write features of D, and label the snapshot of D - 30."""
+    """Advance the entity state to D, write features of D, and label the snapshot of D - horizon."""
+    uc = usecase.of(settings)
+    CURATED_EVENTS, STATE, FEATURES = uc.tables.curated, uc.tables.state, uc.tables.features
     lake = Lake(settings)
     ds = F.day_str(day)
     if not lake.has_partition(CURATED_EVENTS, ds):
-        raise LakeError(f"curated/events has no partition {ds}: the contract step for {ds} has not succeeded")
+        quarantined = lake.partition_rows(uc.tables.quarantine).get(ds, 0)
+        if quarantined:
+            raise LakeError(
+                f"{CURATED_EVENTS.name} has no valid event on {ds}: all {quarantined} rows of raw/events {ds} were "
+                f"quarantined (see {uc.tables.quarantine.name} ds={ds}); fix the source and re-run nightly_etl for {ds}"
+            )
+        raise LakeError(f"{CURATED_EVENTS.name} has no partition {ds}: curate_events for {ds} has not run yet")
     curated_version = lake.version(CURATED_EVENTS)
-    state_version = lake.version(CUSTOMER_STATE)
-    state_days = set(lake.partitions(CUSTOMER_STATE))
+    state_version = lake.version(STATE)
+    state_days = set(lake.partitions(STATE))
     first_day = min(state_days | {ds})
 
     def state_of(d: dt.date, required: bool) -> pd.DataFrame | None:
         key = F.day_str(d)
         if key in state_days:
-            return _read_or_none(lake, CUSTOMER_STATE, key, state_version)
+            return _read_or_none(lake, STATE, key, state_version)
         if key < first_day:
             return None  # before the lake began: all totals are zero
         if required:
             raise LakeError(
-                f"{CUSTOMER_STATE.name} has no partition {key} but has earlier days: "
+                f"{STATE.name} has no partition {key} but has earlier days: "
                 f"run nightly_etl for {key} before {ds}"
             )
         return None
 
     previous = state_of(day - dt.timedelta(days=1), required=True)
     events = lake.read_partition(CURATED_EVENTS, ds, version=curated_version).to_pandas()
-    state = F.advance_state(previous, F.daily_activity(events), day)
-    lagged = {w: state_of(day - dt.timedelta(days=w), required=True) for w in F.WINDOWS}
-    feats = F.features_as_of(state, lagged, day)
-    horizon = day + dt.timedelta(days=F.LABEL_HORIZON_DAYS)
+    state = F.advance_state(previous, F.daily_activity(events, uc), day, uc)
+    lagged = {w: state_of(day - dt.timedelta(days=w), required=True) for w in uc.windows}
+    feats = F.features_as_of(state, lagged, day, uc)
+    horizon = day + dt.timedelta(days=uc.horizon)
     if F.day_str(horizon) in state_days:
         # Re-running an old day: its label is already known, keep it filled.
-        feats = F.churn_labels(feats, state_of(horizon, required=False), day)
+        horizon_state = state_of(horizon, required=False)
+        if horizon_state is not None:
+            feats = F.label_snapshot(feats, horizon_state, day, uc)
 
     inputs = {CURATED_EVENTS.name: curated_version or 0}
     if state_version is not None:
-        inputs[CUSTOMER_STATE.name] = state_version
+        inputs[STATE.name] = state_version
     new_state_version = lake.write_partition(
-        CUSTOMER_STATE, ds, _frame_to_table(CUSTOMER_STATE, state), ctx.lineage(ds, inputs, rows=len(state))
+        STATE, ds, _frame_to_table(STATE, state), ctx.lineage(ds, inputs, rows=len(state))
     )
 
-    snapshot_day = day - dt.timedelta(days=F.LABEL_HORIZON_DAYS)
+    snapshot_day = day - dt.timedelta(days=uc.horizon)
     days, frames = [ds], [feats]
     labelled = 0
-    if lake.has_partition(FEATURES_CUSTOMER_DAILY, F.day_str(snapshot_day)):
-        snapshot = lake.read_partition(FEATURES_CUSTOMER_DAILY, F.day_str(snapshot_day)).to_pandas()
-        snapshot = F.churn_labels(snapshot, state, snapshot_day)
+    if lake.has_partition(FEATURES, F.day_str(snapshot_day)):
+        snapshot = lake.read_partition(FEATURES, F.day_str(snapshot_day)).to_pandas()
+        snapshot = F.label_snapshot(snapshot, state, snapshot_day, uc)
         days.append(F.day_str(snapshot_day))
         frames.append(snapshot)
         labelled = len(snapshot)
     out = pd.concat(frames, ignore_index=True)
     features_version = lake.write_partitions(
-        FEATURES_CUSTOMER_DAILY,
+        FEATURES,
         days,
-        _frame_to_table(FEATURES_CUSTOMER_DAILY, out),
+        _frame_to_table(FEATURES, out),
         ctx.lineage(ds,
-            inputs | {CUSTOMER_STATE.name: new_state_version},
+            inputs | {STATE.name: new_state_version},
             rows=len(feats),
             labelled_snapshot=F.day_str(snapshot_day) if labelled else None,
         ),
     )
-    churn_rate = None
+    positive_rate = None
     if labelled:
-        churn_rate = round(float(frames[1]["label_churn_30d"].astype(float).mean()), 4)
+        positive_rate = round(float(frames[1][uc.label].astype(float).mean()), 4)
     return {
         "ds": ds,
-        "customers": len(feats),
+        "entities": len(feats),
         "features_version": features_version,
         "state_version": new_state_version,
         "labelled_snapshot": F.day_str(snapshot_day) if labelled else None,
         "labelled_rows": labelled,
-        "snapshot_churn_rate": churn_rate,
+        "snapshot_positive_rate": positive_rate,
     }
 
 
@@ -198,13 +222,13 @@ def load_history(
 
     The same three steps nightly_etl runs for a day, without a scheduler: what a new
     deployment does once for the months before its first scheduled day (features need
-    90 days of history, models 30 more for their labels). Each day is idempotent like
+    the longest window of history, models a label horizon more). Each day is idempotent like
     the tasks, so an interrupted load is resumed by running it again.
     """
     if end < start:
         raise ValueError(f"end {end} is before start {start}")
     ctx = ctx or RunContext("sluice-history", f"history__{start.isoformat()}__{end.isoformat()}")
-    source = make_source(settings)  # one source for all days (the simulator builds its customers once)
+    source = make_source(settings, usecase.of(settings))  # one source for all days (a simulator builds its population once)
     done = []
     day = start
     while day <= end:

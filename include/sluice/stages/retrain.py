@@ -16,43 +16,64 @@ import numpy as np
 import pandas as pd
 
 from sluice.core import train as T
-from sluice.core.features import LABEL_HORIZON_DAYS
+from sluice.core import usecase
 from sluice.core.gate import Decision, GatePolicy, decide, forced, metrics
 from sluice.core.lineage import RunContext, detected_code_version
+from sluice.core.usecase import UseCase
 from sluice.edges.lake import Lake
 from sluice.edges.registry import CHALLENGER, CHAMPION, Registry
 from sluice.settings import Settings
 from sluice.stages.promotions import effective_day, record_promotion
-from sluice.tables import FEATURES_CUSTOMER_DAILY, MODEL_DECISIONS, PARTITION_COLUMN
+from sluice.tables import MODEL_DECISIONS, PARTITION_COLUMN
 
 log = logging.getLogger(__name__)
 
 
+def warmup_days(settings: Settings, uc: UseCase) -> int:
+    """The lake's first days never trained on: the spec's, unless SLUICE_TRAIN_WARMUP_DAYS overrides it."""
+    return uc.warmup_days if settings.train_warmup_days is None else settings.train_warmup_days
+
+
+def gate_policy(uc: UseCase) -> GatePolicy:
+    """The use case's gate, as the pure gate takes it."""
+    g = uc.spec.gate
+    return GatePolicy(
+        primary_metric=g.primary_metric, floors={str(k): v for k, v in g.floors.items()}, min_improvement=g.min_improvement,
+        confidence=g.confidence, n_bootstrap=g.n_bootstrap, guarded_slices=uc.guarded_slices,
+        slice_min_rows=g.slice_min_rows, slice_tolerance=g.slice_tolerance,
+        calibration_tolerance=g.calibration_tolerance,
+    )
+
+
 def load_training_frame(lake: Lake, as_of: dt.date, settings: Settings) -> tuple[pd.DataFrame, int]:
     """Matured, warmed-up snapshots known by ``as_of``, from one pinned version of the feature table."""
-    version = lake.version(FEATURES_CUSTOMER_DAILY)
+    uc = usecase.of(settings)
+    FEATURES = uc.tables.features
+    version = lake.version(FEATURES)
     if version is None:
-        raise T.NotEnoughData("features/customer_daily does not exist yet: run nightly_etl first")
+        raise T.NotEnoughData(f"{FEATURES.name} does not exist yet: run nightly_etl first")
+    warmup = warmup_days(settings, uc)
+    max_days = settings.train_max_days if settings.train_max_days is not None else uc.spec.training.max_days
     days = T.training_days(
-        lake.partitions(FEATURES_CUSTOMER_DAILY, version=version), as_of,
-        warmup_days=settings.train_warmup_days, max_days=settings.train_max_days,
+        lake.partitions(FEATURES, version=version), as_of, horizon=uc.horizon, warmup_days=warmup, max_days=max_days,
     )
     if not days:
         raise T.NotEnoughData(
-            f"no snapshot with a matured label by {as_of} (labels mature {LABEL_HORIZON_DAYS} days after a "
-            f"snapshot) outside the lake's first {settings.train_warmup_days} days (SLUICE_TRAIN_WARMUP_DAYS)"
+            f"no snapshot with a matured label by {as_of} (labels mature {uc.horizon} days after a "
+            f"snapshot) outside the lake's first {warmup} days (training.warmup_days of {uc.name})"
         )
-    frame = lake.read_partitions(FEATURES_CUSTOMER_DAILY, days, version=version).to_pandas()
+    frame = lake.read_partitions(FEATURES, days, version=version).to_pandas()
     # A Delta scan returns files in commit order, which depends on which backfill run
     # finished first; LightGBM's bagging depends on row order. Sorted, the same data
     # gives the same model however the partitions were written.
-    frame = frame.sort_values([PARTITION_COLUMN, "customer_id"], kind="stable", ignore_index=True)
-    return T.matured(frame, as_of), version
+    frame = frame.sort_values([PARTITION_COLUMN, uc.key], kind="stable", ignore_index=True)
+    return T.matured(frame, uc, as_of), version
 
 
-def slice_metrics(frame: pd.DataFrame, scores: np.ndarray, columns=("plan", "region")) -> dict[str, dict]:
+def slice_metrics(frame: pd.DataFrame, scores: np.ndarray, uc: UseCase) -> dict[str, dict]:
     out = {}
-    y = frame[T.LABEL].astype(int).to_numpy()
+    y = frame[uc.label].astype(int).to_numpy()
+    columns = uc.guarded_slices
     for col in columns:
         for value in sorted(frame[col].dropna().unique()):
             mask = (frame[col] == value).to_numpy()
@@ -84,7 +105,7 @@ def _plots(y: np.ndarray, p: np.ndarray, importance: pd.Series) -> dict[str, Any
     frac, mean = calibration_curve(y, p, n_bins=10, strategy="quantile")
     ax.plot(mean, frac, "o-")
     ax.plot([0, 1], [0, 1], "--", color="grey")
-    ax.set(xlabel="mean predicted", ylabel="observed churn rate", title="Calibration (holdout)")
+    ax.set(xlabel="mean predicted", ylabel="observed positive rate", title="Calibration (holdout)")
     figs["calibration.png"] = fig
     fig, ax = plt.subplots(figsize=(6, 6))
     importance.head(20)[::-1].plot.barh(ax=ax)
@@ -96,25 +117,27 @@ def _plots(y: np.ndarray, p: np.ndarray, importance: pd.Series) -> dict[str, Any
 
 def model_card(
     version: str | None, settings: Settings, feature_version: int, split: T.Split, holdout: dict, slices: dict,
-    decision: Decision,
+    decision: Decision, uc: UseCase,
 ) -> str:
     rows = "\n".join(
         f"| {name} | {m['rows']:,} | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} |" for name, m in slices.items()
     )
     windows = split.windows()
-    return f"""# Model card: {settings.model_name} v{version or '(new)'}
+    label = uc.spec.label
+    limitations = "\n".join(f"- {line}" for line in uc.spec.limitations) or "- none recorded in the use case"
+    return f"""# Model card: {settings.model} v{version or '(new)'} ({uc.name})
 
 ## Training data
-- Table: `{settings.lake_uri}/{FEATURES_CUSTOMER_DAILY.name}`, Delta version **{feature_version}** (pinned)
+- Table: `{settings.lake_root}/{uc.tables.features.name}`, Delta version **{feature_version}** (pinned)
 - Train snapshots {windows['train'][0]} .. {windows['train'][1]} ({len(split.train):,} rows);
   validation {windows['validation'][0]} .. {windows['validation'][1]} ({len(split.validation):,});
   holdout {windows['holdout'][0]} .. {windows['holdout'][1]} ({len(split.holdout):,}). Split by time, not at random.
-- Label: no activity in the 30 days after the snapshot day (`label_churn_30d`).
+- Label: `{label.name}`, {label.description or label.when.replace("_", " ")} ({label.horizon_days}-day horizon).
 - Code version: {detected_code_version()}
 
 ## Metrics on the holdout
 ROC-AUC {holdout['roc_auc']:.4f}, PR-AUC {holdout['pr_auc']:.4f}, expected calibration error {holdout['ece']:.4f},
-Brier {holdout['brier']:.4f}, churn rate {holdout.get('positive_rate', float('nan')):.3f}.
+Brier {holdout['brier']:.4f}, positive rate {holdout.get('positive_rate', float('nan')):.3f}.
 
 | slice | rows | ROC-AUC | PR-AUC |
 |---|---|---|---|
@@ -125,15 +148,10 @@ Brier {holdout['brier']:.4f}, churn rate {holdout.get('positive_rate', float('na
 {chr(10).join("- " + c.name + ": " + ("pass" if c.passed else "FAIL") + " - " + c.reason for c in decision.checks)}
 
 ## Intended use
-Rank active customers by their risk of churning in the next 30 days, daily, so that
-retention teams can reach the riskiest first. Scores are probabilities from a model
-trained on recent history; use the risk bands, not the third decimal.
+{uc.spec.intended_use.strip() or "(the use case states none)"}
 
 ## Known limits
-- Trained on simulated data (the reference use case); behaviour on real data is unknown until evaluated there.
-- Customers with no activity in the last 30 days are not scored (not in the snapshot).
-- A new acquisition channel or device unknown at training time is treated as missing.
-- Performance is only known 30 days after scoring (label maturity); watch the drift report meanwhile.
+{limitations}
 """
 
 
@@ -221,7 +239,7 @@ def retrain(
     if candidate is None:
         candidate = _train_and_register(
             settings, registry, frame, feature_version, ds, ctx,
-            force_reason=reason if force_promote else None, policy=policy or GatePolicy(),
+            force_reason=reason if force_promote else None, policy=policy or gate_policy(usecase.of(settings)),
         )
     return _finish(settings, lake, registry, ds, candidate, ctx, dry_run=dry_run)
 
@@ -237,16 +255,17 @@ def _train_and_register(
     force_reason: str | None,
     policy: GatePolicy,
 ) -> Candidate:
-    split = T.time_split(frame)
-    model = T.fit(split)
+    uc = usecase.of(settings)
+    split = T.time_split(frame, uc.spec.training.holdout_days, uc.spec.training.validation_days)
+    model = T.fit(split, uc)
     holdout = split.holdout.reset_index(drop=True)
-    y = holdout[T.LABEL].astype(int).to_numpy()
+    y = holdout[uc.label].astype(int).to_numpy()
     chal_scores = model.predict(holdout)
 
     champion = registry.by_alias(CHAMPION)
     champ_scores = None
     if champion is not None:
-        champ_scores = T.FittedModel.from_booster(registry.load_booster(champion.version)).predict(holdout)
+        champ_scores = T.FittedModel.from_booster(registry.load_booster(champion.version), uc).predict(holdout)
     decision = decide(
         y, chal_scores, champ_scores, {c: holdout[c].astype(str).to_numpy() for c in policy.guarded_slices}, policy,
         champion=champion.version if champion else None,
@@ -254,7 +273,7 @@ def _train_and_register(
     if force_reason is not None:
         decision = forced(decision, force_reason)
     holdout_metrics = metrics(y, chal_scores)
-    slices = slice_metrics(holdout, chal_scores)
+    slices = slice_metrics(holdout, chal_scores, uc)
 
     import mlflow
     import mlflow.lightgbm
@@ -263,7 +282,8 @@ def _train_and_register(
         # The tags first: they are how a retry of this run finds what it registered.
         mlflow.set_tags(
             {
-                "feature_table": f"{settings.lake_uri}/{FEATURES_CUSTOMER_DAILY.name}",
+                "feature_table": f"{settings.lake_root}/{uc.tables.features.name}",
+                "use_case": uc.name,
                 "feature_table_version": feature_version,
                 "code_version": detected_code_version(),
                 "dag_id": ctx.dag_id,
@@ -274,7 +294,7 @@ def _train_and_register(
         )
         mlflow.log_params(dict(model.params) | {"best_iteration": model.best_iteration})
         mlflow.log_metrics({f"holdout_{k}": v for k, v in holdout_metrics.items() if np.isfinite(v)})
-        val = metrics(split.validation[T.LABEL].astype(int).to_numpy(), model.predict(split.validation))
+        val = metrics(split.validation[uc.label].astype(int).to_numpy(), model.predict(split.validation))
         mlflow.log_metrics({f"validation_{k}": v for k, v in val.items() if np.isfinite(v)})
         import matplotlib.pyplot as plt
 
@@ -286,12 +306,12 @@ def _train_and_register(
         info = mlflow.lightgbm.log_model(
             model.booster,
             name="model",
-            registered_model_name=settings.model_name,
+            registered_model_name=settings.model,
             pip_requirements=_model_requirements(),  # explicit: no slow, guessed inference
         )
         version = str(info.registered_model_version)
         decision = dataclasses.replace(decision, challenger=version)
-        card = model_card(version, settings, feature_version, split, holdout_metrics, slices, decision)
+        card = model_card(version, settings, feature_version, split, holdout_metrics, slices, decision, uc)
         mlflow.log_text(card, "model_card.md")
         mlflow_run_id = run.info.run_id
 
@@ -333,7 +353,8 @@ def _finish(
         previous = champion_before if moved_from == version else moved_from
     log.info("gate decision for v%s: %s", version, json.dumps(decision, sort_keys=True))
 
-    lineage = ctx.lineage(ds, {FEATURES_CUSTOMER_DAILY.name: candidate.feature_table_version}, model_version=version)
+    lineage = ctx.lineage(ds, {usecase.of(settings).tables.features.name: candidate.feature_table_version},
+                          model_version=version)
     lake.upsert_rows(
         MODEL_DECISIONS,
         ds,

@@ -1,4 +1,4 @@
-"""batch_score for day D: score every customer in the features of D with one resolved model."""
+"""batch_score for day D: score every entity in the features of D with one resolved model."""
 
 from __future__ import annotations
 
@@ -11,30 +11,33 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sluice.core.features import CATEGORICAL, FEATURE_COLUMNS
+from sluice.core import usecase
 from sluice.core.lineage import RunContext
-from sluice.core.train import CATEGORIES, FittedModel
+from sluice.core.train import FittedModel
+from sluice.core.usecase import UseCase
 from sluice.edges.lake import Lake
 from sluice.edges.registry import CHAMPION, Registry
 from sluice.settings import Settings
 from sluice.stages import promotions
-from sluice.tables import FEATURES_CUSTOMER_DAILY, PARTITION_COLUMN, PREDICTIONS_CHURN
+from sluice.tables import PARTITION_COLUMN
 
 log = logging.getLogger(__name__)
-
-RISK_BANDS = ((0.5, "high"), (0.2, "medium"), (0.0, "low"))  # lower bound of score, band
-_BAND_NAMES = [band for _, band in reversed(RISK_BANDS)]  # by the number of bounds a score clears
 
 
 class NoChampion(LookupError):
     """No model was champion on the day asked for: nothing to score with."""
 
 
-def band_index(scores: np.ndarray) -> np.ndarray:
-    """Index into ``_BAND_NAMES`` of every score: how many of the bands' lower bounds it clears."""
+def band_names(uc: UseCase) -> list[str]:
+    """The use case's risk bands from the lowest up: index = how many lower bounds a score clears."""
+    return [b.band for b in reversed(uc.spec.risk_bands)]
+
+
+def band_index(scores: np.ndarray, uc: UseCase) -> np.ndarray:
+    """Index into :func:`band_names` of every score: how many of the bands' lower bounds it clears."""
     index = np.zeros(len(scores), dtype=np.int8)
-    for bound, _ in RISK_BANDS[:-1]:
-        index += scores >= bound  # NaN clears none: "low"
+    for band in uc.spec.risk_bands[:-1]:
+        index += scores >= band.min  # NaN clears none: the lowest band
     return index
 
 
@@ -51,7 +54,7 @@ def resolve_model(settings: Settings, lake: Lake, day: dt.date, use_current_cham
     return version
 
 
-def feature_matrix(features: pa.Table, categories: Mapping[str, Sequence[str]] = CATEGORIES) -> np.ndarray:
+def feature_matrix(features: pa.Table, uc: UseCase, categories: Mapping[str, Sequence[str]]) -> np.ndarray:
     """The matrix LightGBM builds from ``train.model_matrix`` of the same rows, straight from Arrow.
 
     Float64 in column-major order, a categorical as the index of its value in
@@ -59,31 +62,24 @@ def feature_matrix(features: pa.Table, categories: Mapping[str, Sequence[str]] =
     layout LightGBM predicts from on the pandas path, without the pandas frame, its
     categorical copy and LightGBM's own conversion of it.
     """
-    out = np.empty((features.num_rows, len(FEATURE_COLUMNS)), dtype=np.float64, order="F")
-    for j, name in enumerate(FEATURE_COLUMNS):
+    out = np.empty((features.num_rows, len(uc.feature_columns)), dtype=np.float64, order="F")
+    for j, name in enumerate(uc.feature_columns):
         column = features.column(name)
-        if name in CATEGORICAL:
+        if name in categories:
             column = pc.index_in(column, value_set=pa.array(categories[name], pa.string()))
         out[:, j] = pc.cast(column, pa.float64()).to_numpy()  # (a null becomes NaN)
     return out
 
 
-def churn_scores(model: FittedModel, features: pa.Table) -> np.ndarray:
+def model_scores(model: FittedModel, features: pa.Table) -> np.ndarray:
     """``model.predict`` of the same rows, bit for bit, from an Arrow table of the features."""
     # The categories the booster was trained with: LightGBM maps a pandas frame onto them.
-    trained = getattr(model.booster, "pandas_categorical", None)
-    categorical = [c for c in FEATURE_COLUMNS if c in CATEGORICAL]
-    if trained is not None and len(trained) != len(categorical):
-        raise ValueError(
-            f"the model knows {len(trained)} categorical features, the features have {len(categorical)}"
-        )
-    categories = dict(zip(categorical, trained, strict=True)) if trained is not None else CATEGORIES
-    matrix = feature_matrix(features, categories)
+    matrix = feature_matrix(features, model.use_case, model.categories)
     return np.asarray(model.booster.predict(matrix, num_iteration=model.best_iteration))
 
 
 def predictions_table(
-    customer_ids: pa.ChunkedArray, scores: np.ndarray, version: str, feature_version: int, ds: str
+    uc: UseCase, keys: pa.ChunkedArray, scores: np.ndarray, version: str, feature_version: int, ds: str
 ) -> pa.Table:
     """Pure: the predictions rows of day ``ds``, built column by column in Arrow (no pandas).
 
@@ -93,41 +89,43 @@ def predictions_table(
     n = len(scores)
     return pa.table(
         {
-            "customer_id": customer_ids.combine_chunks(),
+            uc.key: keys.combine_chunks(),
             "score": pa.array(scores, pa.float64()),
-            "risk_band": pa.array(_BAND_NAMES, pa.string()).take(pa.array(band_index(scores))),
+            "risk_band": pa.array(band_names(uc), pa.string()).take(pa.array(band_index(scores, uc))),
             "model_version": pa.repeat(pa.scalar(version, pa.string()), n),
             "feature_table_version": pa.repeat(pa.scalar(feature_version, pa.int64()), n),
             PARTITION_COLUMN: pa.repeat(pa.scalar(ds, pa.string()), n),
         },
-        schema=PREDICTIONS_CHURN.schema,
+        schema=uc.tables.predictions.schema,
     )
 
 
 def score_day(
     settings: Settings, day: dt.date, ctx: RunContext, *, use_current_champion: bool = False
 ) -> dict[str, Any]:
+    uc = usecase.of(settings)
+    FEATURES, PREDICTIONS = uc.tables.features, uc.tables.predictions
     lake = Lake(settings)
     ds = day.isoformat()
     version = resolve_model(settings, lake, day, use_current_champion)
-    feature_version = lake.version(FEATURES_CUSTOMER_DAILY)
-    if feature_version is None or not lake.has_partition(FEATURES_CUSTOMER_DAILY, ds):
-        raise LookupError(f"features/customer_daily has no partition {ds}: run nightly_etl for {ds} first")
-    features = lake.read_partition(
-        FEATURES_CUSTOMER_DAILY, ds, version=feature_version, columns=["customer_id", *FEATURE_COLUMNS]
-    )
-    model = FittedModel.from_booster(Registry(settings).load_booster(version))
-    scores = churn_scores(model, features)
-    table = predictions_table(features.column("customer_id"), scores, version, feature_version, ds)
+    feature_version = lake.version(FEATURES)
+    if feature_version is None or not lake.has_partition(FEATURES, ds):
+        raise LookupError(f"{FEATURES.name} has no partition {ds}: run nightly_etl for {ds} first")
+    features = lake.read_partition(FEATURES, ds, version=feature_version, columns=[uc.key, *uc.feature_columns])
+    model = FittedModel.from_booster(Registry(settings).load_booster(version), uc)
+    scores = model_scores(model, features)
+    table = predictions_table(uc, features.column(uc.key), scores, version, feature_version, ds)
     out_version = lake.write_partition(
-        PREDICTIONS_CHURN,
+        PREDICTIONS,
         ds,
         table,
-        ctx.lineage(ds, {FEATURES_CUSTOMER_DAILY.name: feature_version}, model_version=version, rows=len(scores)),
+        ctx.lineage(ds, {FEATURES.name: feature_version}, model_version=version, rows=len(scores)),
     )
-    counts = np.bincount(band_index(scores), minlength=len(_BAND_NAMES))
-    bands = {_BAND_NAMES[i]: int(counts[i]) for i in np.argsort(-counts, kind="stable") if counts[i]}
-    log.info("scored %d customers of %s with model v%s: %s", len(scores), ds, version, bands)
+    names = band_names(uc)
+    counts = np.bincount(band_index(scores, uc), minlength=len(names))
+    bands = {names[i]: int(counts[i]) for i in np.argsort(-counts, kind="stable") if counts[i]}
+    log.info("scored %d of %s's %ss on %s with model v%s: %s", len(scores), uc.name, uc.spec.entity.name, ds,
+             version, bands)
     return {
         "ds": ds,
         "rows": len(scores),

@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlencode, urlparse
 
 from sluice.edges.lake import Lake, check_day
-from sluice.settings import Settings
+from sluice.settings import Settings, use_case_name
 from sluice.tables import DRIFT_HISTORY, MODEL_DECISIONS, PARTITION_COLUMN, PERFORMANCE_HISTORY
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _registry(settings: Settings) -> Any:
     """
     from sluice.edges.registry import Registry
 
-    key = (settings.mlflow_tracking_uri, settings.model_name, settings.s3_endpoint_url)
+    key = (settings.mlflow_tracking_uri, settings.model, settings.s3_endpoint_url)
     with _registry_lock:
         if key not in _registries:
             _registries[key] = Registry(settings)
@@ -133,7 +133,7 @@ def registry_aliases(settings: Settings) -> dict[str, str]:
 
 def warm_up(settings: Settings) -> None:
     """Import and open what the page needs (MLflow above all) before anyone asks for it."""
-    import sluice.stages.drift  # noqa: F401  (pandas, numpy)
+    import sluice.stages.monitoring  # noqa: F401  (pandas, numpy)
 
     registry_aliases(settings)
 
@@ -153,7 +153,7 @@ def champion(
         row["decision_anchor"] = anchor("decision", row["decision_ds"], row["run_id"]) if row["decision_ds"] else None
         history.append(row)
     return {
-        "model_name": settings.model_name,
+        "model_name": settings.model,
         "current": aliases.get(CHAMPION),
         "previous": aliases.get(PREVIOUS),
         "challenger": aliases.get(CHALLENGER),
@@ -191,14 +191,15 @@ def decisions(settings: Settings, lake: Lake | None = None) -> list[dict[str, An
     return out
 
 
-def report_path(ds: str, name: str = "report.html") -> str:
+def report_path(ds: str, name: str = "report.html", use_case: str | None = None) -> str:
     """Where the view serves a day's report, relative to the view's own URL."""
-    return f"reports/{check_day(ds)}/{name}"
+    query = f"?{urlencode({'use_case': use_case})}" if use_case else ""
+    return f"reports/{check_day(ds)}/{name}{query}"
 
 
 def drift_history(settings: Settings, lake: Lake | None = None) -> dict[str, Any]:
     """The drift share of every reported day, oldest first, with a link to its report."""
-    from sluice.stages.drift import load_policy
+    from sluice.stages.monitoring import load_policy
 
     policy = load_policy()
     lake = lake or Lake(settings)
@@ -207,14 +208,14 @@ def drift_history(settings: Settings, lake: Lake | None = None) -> dict[str, Any
     for row in rows:
         item = _plain(row)
         item["drifted_columns"] = json.loads(row["drifted_columns"] or "[]")
-        item["report"] = report_path(row[PARTITION_COLUMN])
+        item["report"] = report_path(row[PARTITION_COLUMN], use_case=settings.use_case_name)
         days.append(item)
     return {"threshold": policy.drift_share_threshold, "days": days}
 
 
 def performance_history(settings: Settings, lake: Lake | None = None) -> dict[str, Any]:
     """Realised ROC-AUC / PR-AUC of every scored day whose labels matured, oldest first."""
-    from sluice.stages.drift import load_policy
+    from sluice.stages.monitoring import load_policy
 
     policy = load_policy()
     lake = lake or Lake(settings)
@@ -247,6 +248,20 @@ def _section(name: str, build: Callable[[], Any]) -> dict[str, Any]:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def for_use_case(settings: Settings, name: str | None) -> Settings:
+    """The settings of the use case the page asks for (``?use_case=``); only a deployed one."""
+    if not name:
+        return settings
+    for ref in settings.use_cases:
+        if use_case_name(ref) == name:
+            return settings.for_use_case(ref)
+    raise UnknownUseCase(f"{name!r} is not a use case of this deployment")
+
+
+class UnknownUseCase(LookupError):
+    pass
+
+
 def overview(settings: Settings, now: dt.datetime | None = None) -> dict[str, Any]:
     """All the view shows, section by section (each either ``data`` or an ``error``).
 
@@ -256,8 +271,14 @@ def overview(settings: Settings, now: dt.datetime | None = None) -> dict[str, An
     aliases = _section("registry", lambda: registry_aliases(settings))
     return {
         "generated_at": _iso(now or dt.datetime.now(dt.UTC)),  # when the page was built: display only
-        "lake_uri": settings.lake_uri,
-        "model_name": settings.model_name,
+        "lake_uri": settings.lake_root,
+        "model_name": settings.model,
+        "use_case": settings.use_case_name,
+        # The switch: every use case of the deployment, with the query that shows it.
+        "use_cases": [
+            {"name": name, "href": "?" + urlencode({"use_case": name}), "current": name == settings.use_case_name}
+            for name in (use_case_name(ref) for ref in settings.use_cases)
+        ],
         "registry": aliases,
         "champion": _section("champion", lambda: champion(settings, aliases["data"] if aliases["ok"] else {}, lake)),
         "decisions": _section("decisions", lambda: decisions(settings, lake)),
@@ -379,12 +400,12 @@ def read_report(settings: Settings, ds: str, name: str = "report.html") -> bytes
     from pyarrow import fs as pafs
 
     from sluice.edges.storage import filesystem
-    from sluice.stages.drift import REPORTS_PREFIX, report_uri
+    from sluice.stages.monitoring import REPORTS_PREFIX, report_uri
 
     uri = report_uri(settings, ds, name)  # checks ds
     if name not in REPORT_FILES:
         raise ReportNotFound(f"no report file {name!r}")
-    prefix = f"{settings.lake_uri}/{REPORTS_PREFIX}/"
+    prefix = f"{settings.lake_root}/{REPORTS_PREFIX}/"
     fs, path = filesystem(settings, uri)
     if isinstance(fs, pafs.LocalFileSystem):
         root = os.path.realpath(unquote(urlparse(prefix).path))

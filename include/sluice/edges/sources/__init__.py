@@ -1,18 +1,20 @@
 """Where raw events come from. Every source answers one question: the events of
-one data interval, as untyped text columns (``tables.RAW_EVENT_FIELDS``)."""
+one data interval, as untyped text columns (the use case's ``raw_fields``)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Protocol
+import json
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sluice.core.usecase import EXTRA_COLUMN, UseCase
 from sluice.settings import Settings
-from sluice.tables import RAW_EVENT_FIELDS
 
-RAW_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in RAW_EVENT_FIELDS])
+if TYPE_CHECKING:
+    pass
 
 
 class SourceError(RuntimeError):
@@ -20,49 +22,88 @@ class SourceError(RuntimeError):
 
 
 class Source(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def extract(self, start: dt.datetime, end: dt.datetime) -> pa.Table:
         """Events with event time in [start, end), every column as text."""
         ...
 
 
-def conform(table: pa.Table, origin: str) -> pa.Table:
-    """Cast a source's table to the raw schema: all fields, as text; refuse missing ones."""
-    missing = [name for name in RAW_EVENT_FIELDS if name not in table.column_names]
+def raw_schema(uc: UseCase) -> pa.Schema:
+    """What a source delivers: every declared raw field as text, undeclared ones as JSON in ``extra_fields``."""
+    return pa.schema([pa.field(n, pa.string()) for n in [*uc.raw_fields, EXTRA_COLUMN]])
+
+
+def _as_text(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    if pa.types.is_timestamp(col.type):
+        # In UTC whatever the zone it came in (strftime formats local time); %S carries
+        # the fraction; the suffix marks UTC explicitly.
+        target = pa.timestamp("us", tz="UTC") if col.type.tz else pa.timestamp("us")
+        text = pc.strftime(col.cast(target), format="%Y-%m-%dT%H:%M:%S")
+        return pc.binary_join_element_wise(text, pa.scalar("Z" if col.type.tz else ""), "")
+    if pa.types.is_date(col.type):
+        return pc.strftime(col, format="%Y-%m-%d")
+    if not pa.types.is_string(col.type):
+        return col.cast(pa.string())
+    return col
+
+
+def conform(table: pa.Table, origin: str, uc: UseCase) -> pa.Table:
+    """Cast a source's table to the raw schema: declared fields as text; refuse missing ones.
+
+    Columns the spec does not declare are not dropped: they are kept, per row, as a JSON
+    object in ``extra_fields`` (and reported by the ingest step).
+    """
+    fields = uc.raw_fields
+    names = table.column_names
+    doubled = sorted({n for n in names if names.count(n) > 1})
+    if doubled:
+        raise SourceError(f"{origin}: column(s) {doubled} appear more than once in the header")
+    missing = [name for name in fields if name not in names]
     if missing:
-        raise SourceError(f"{origin}: missing column(s) {missing}; expected {RAW_EVENT_FIELDS}")
-    columns = []
-    for name in RAW_EVENT_FIELDS:
-        col = table.column(name)
-        if pa.types.is_timestamp(col.type):
-            # In UTC whatever the zone it came in (strftime formats local time); %S carries
-            # the fraction; the suffix marks UTC explicitly.
-            target = pa.timestamp("us", tz="UTC") if col.type.tz else pa.timestamp("us")
-            text = pc.strftime(col.cast(target), format="%Y-%m-%dT%H:%M:%S")
-            col = pc.binary_join_element_wise(text, pa.scalar("Z" if col.type.tz else ""), "")
-        elif pa.types.is_date(col.type):
-            col = pc.strftime(col, format="%Y-%m-%d")
-        elif not pa.types.is_string(col.type):
-            col = col.cast(pa.string())
-        columns.append(col)
-    return pa.Table.from_arrays(columns, schema=RAW_SCHEMA)
+        raise SourceError(f"{origin}: missing column(s) {missing}; {uc.name} expects {fields}")
+    columns = [_as_text(table.column(name)) for name in fields]
+    extras = [n for n in names if n not in fields and n != EXTRA_COLUMN]
+    if extras:
+        texts = {n: _as_text(table.column(n)).to_pylist() for n in extras}
+        packed = [
+            json.dumps({n: texts[n][i] for n in extras if texts[n][i] is not None}, sort_keys=True)
+            for i in range(table.num_rows)
+        ]
+        columns.append(pa.array(packed, pa.string()))
+    elif EXTRA_COLUMN in names:
+        columns.append(_as_text(table.column(EXTRA_COLUMN)))
+    else:
+        columns.append(pa.nulls(table.num_rows, pa.string()))
+    return pa.Table.from_arrays(columns, schema=raw_schema(uc))
 
 
-def make_source(settings: Settings) -> Source:
-    """The source the settings name."""
+def extra_fields(table: pa.Table) -> list[str]:
+    """The undeclared fields a raw table carries (for the ingest report)."""
+    if EXTRA_COLUMN not in table.column_names:
+        return []
+    seen: dict[str, None] = {}
+    for text in table.column(EXTRA_COLUMN).drop_null().unique().to_pylist():
+        seen.update(dict.fromkeys(json.loads(text)))
+    return sorted(seen)
+
+
+def make_source(settings: Settings, uc: UseCase) -> Source:
+    """The source the settings name, for use case ``uc``."""
     if settings.source == "simulator":
-        from sluice.edges.sources.simulator import SimulatorSource
-
-        return SimulatorSource.from_settings(settings)
+        if uc.spec.simulator is None:
+            raise SourceError(f"{uc.name} has no simulator: set SLUICE_SOURCE to postgres or files")
+        factory = uc.resolve(uc.spec.simulator.factory)
+        return factory(uc, settings)  # type: ignore[no-any-return]
     if settings.source == "postgres":
         from sluice.edges.sources.postgres import PostgresSource
 
         if not settings.source_postgres_dsn:
             raise SourceError("SLUICE_SOURCE=postgres needs SLUICE_SOURCE_POSTGRES_DSN (or the Airflow connection)")
-        return PostgresSource(settings.source_postgres_dsn, settings.source_postgres_table)
+        return PostgresSource(settings.source_postgres_dsn, uc, settings.source_postgres_table)
     if settings.source == "files":
         from sluice.edges.sources.files import FileSource
 
-        return FileSource(settings.landing, settings)
+        return FileSource(settings.landing, settings, uc)
     raise SourceError(f"unknown source {settings.source!r}")

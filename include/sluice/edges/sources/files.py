@@ -11,10 +11,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from sluice.edges.sources import RAW_SCHEMA, SourceError, conform
+from sluice.core.usecase import UseCase
+from sluice.edges.sources import SourceError, conform, raw_schema
 from sluice.edges.storage import filesystem
 from sluice.settings import Settings
-from sluice.tables import RAW_EVENT_FIELDS
 
 SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
@@ -41,6 +41,7 @@ def _read_json_lines(data: bytes) -> pa.Table:
 class FileSource:
     landing_uri: str
     settings: Settings
+    use_case: UseCase
     name: str = "files"
 
     def files_for(self, day: dt.date) -> tuple[pafs.FileSystem, list[str]]:
@@ -55,7 +56,7 @@ class FileSource:
                 return pacsv.read_csv(
                     f,
                     convert_options=pacsv.ConvertOptions(
-                        column_types={c: pa.string() for c in RAW_EVENT_FIELDS},
+                        column_types={c: pa.string() for c in self.use_case.raw_fields},
                         strings_can_be_null=True,
                         null_values=[""],  # an empty field is null; "NA" or "null" stay text for the contract
                     ),
@@ -72,8 +73,8 @@ class FileSource:
             fs, paths = self.files_for(day)
             for path in paths:
                 try:
-                    tables.append(conform(self._read(fs, path), f"landing file {path}"))
+                    tables.append(conform(self._read(fs, path), f"landing file {path}", self.use_case))
                 except (pa.ArrowInvalid, OSError, ValueError, AttributeError) as exc:
                     raise SourceError(f"cannot read landing file {path}: {exc}") from exc
             day += dt.timedelta(days=1)
-        return pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
+        return pa.concat_tables(tables) if tables else raw_schema(self.use_case).empty_table()

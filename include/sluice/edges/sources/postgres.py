@@ -9,22 +9,33 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from sluice.edges.sources import RAW_SCHEMA, SourceError, conform
-from sluice.tables import RAW_EVENT_FIELDS
+from sluice.core.usecase import UseCase
+from sluice.edges.sources import SourceError, conform, raw_schema
 
 # Text renderings that round-trip through the contract's parsers.
-_RENDER = {
-    "event_time": "to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    "signup_date": "to_char({c}, 'YYYY-MM-DD')",
-}
+_TIMESTAMP = "to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+_DATE = "to_char({c}, 'YYYY-MM-DD')"
 
 
 @dataclass(frozen=True)
 class PostgresSource:
     dsn: str
+    use_case: UseCase
     table: str = "public.events"
-    time_column: str = "event_time"
     name: str = "postgres"
+
+    @property
+    def time_column(self) -> str:
+        return self.use_case.event_time
+
+    def _render(self) -> dict[str, str]:
+        out = {self.time_column: _TIMESTAMP}
+        for name, f in self.use_case.spec.fields.items():
+            if f.type == "timestamp":
+                out[name] = _TIMESTAMP
+            elif f.type == "date":
+                out[name] = _DATE
+        return out
 
     def _query(self) -> object:
         from psycopg2 import sql
@@ -32,17 +43,22 @@ class PostgresSource:
         parts = self.table.split(".")
         if not 1 <= len(parts) <= 2:
             raise SourceError(f"bad table name {self.table!r}: use schema.table")
+        render = self._render()
+        fields = self.use_case.raw_fields
         columns = [
-            sql.SQL(_RENDER[c].format(c="{}") if c in _RENDER else "{}::text").format(sql.Identifier(c))
+            sql.SQL(render[c].format(c="{}") if c in render else "{}::text").format(sql.Identifier(c))
             + sql.SQL(" AS ")
             + sql.Identifier(c)
-            for c in RAW_EVENT_FIELDS
+            for c in fields
         ]
+        # A stable order: the time, then the event id (or the entity key when events have no id).
+        tie = self.use_case.spec.events.id or self.use_case.key
         return sql.SQL(
-            "COPY (SELECT {cols} FROM {table} WHERE {t} >= {start} AND {t} < {end} ORDER BY {t}, event_id) "
+            "COPY (SELECT {cols} FROM {table} WHERE {t} >= {start} AND {t} < {end} ORDER BY {t}, {tie}) "
             "TO STDOUT WITH (FORMAT csv, HEADER true)"
         ).format(
             cols=sql.SQL(", ").join(columns),
+            tie=sql.Identifier(tie),
             table=sql.Identifier(*parts),
             t=sql.Identifier(self.time_column),
             start=sql.Placeholder("start"),
@@ -59,11 +75,11 @@ class PostgresSource:
             cur.copy_expert(query.decode(), buffer)
         buffer.seek(0)
         if not buffer.getbuffer().nbytes:
-            return RAW_SCHEMA.empty_table()
+            return raw_schema(self.use_case).empty_table()
         table = pacsv.read_csv(
             buffer,
             convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in RAW_EVENT_FIELDS},
+                column_types={c: pa.string() for c in self.use_case.raw_fields},
                 # COPY writes NULL as an unquoted empty field and nothing else: text such as
                 # "NA" or "null" is data, kept for the contract to judge.
                 strings_can_be_null=True,
@@ -71,4 +87,4 @@ class PostgresSource:
                 quoted_strings_can_be_null=False,
             ),
         )
-        return conform(table, f"postgres table {self.table}")
+        return conform(table, f"postgres table {self.table}", self.use_case)

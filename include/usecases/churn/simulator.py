@@ -20,12 +20,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sluice.edges.sources import RAW_SCHEMA, conform
+from sluice.core.usecase import UseCase, load_use_case
+from sluice.edges.sources import conform, raw_schema
 from sluice.settings import Settings
 
 PLANS = ("basic", "standard", "premium")
@@ -36,6 +38,9 @@ EVENT_TYPES = ("session", "order", "support_ticket")
 NEW_CHANNEL = "tiktok"
 DRIFT_SCENARIOS = ("spend_shift", "new_channel", "null_device", "engagement_drop")
 DEFECT_KINDS = ("duplicate", "null_key", "malformed", "out_of_range", "bad_category")
+
+
+_FOLDER = Path(__file__).resolve().parent
 
 
 def parse_drift(spec: str) -> dict[str, dt.date]:
@@ -62,10 +67,17 @@ class SimulatorSource:
     defect_rate: float = 0.0
     defect_days: tuple[dt.date, ...] = ()
     name: str = "simulator"
+    use_case: UseCase = field(default_factory=lambda: load_use_case(_FOLDER), compare=False, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SimulatorSource:
+    def for_use_case(cls, use_case: UseCase, settings: Settings) -> SimulatorSource:
+        """The factory the spec names (``simulator.factory``)."""
+        return cls.from_settings(settings, use_case)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, use_case: UseCase | None = None) -> SimulatorSource:
         return cls(
+            use_case=use_case or load_use_case(_FOLDER),
             n_customers=settings.sim_customers,
             seed=settings.sim_seed,
             epoch=settings.sim_epoch,
@@ -191,12 +203,12 @@ class SimulatorSource:
     def extract(self, start: dt.datetime, end: dt.datetime) -> pa.Table:
         days = pd.date_range(start.date(), (end - dt.timedelta(microseconds=1)).date(), freq="D")
         frames = [self.raw_day(d.date()) for d in days]
-        return pa.concat_tables(frames) if frames else RAW_SCHEMA.empty_table()
+        return pa.concat_tables(frames) if frames else raw_schema(self.use_case).empty_table()
 
     def raw_day(self, day: dt.date) -> pa.Table:
         """The day's events as the source would deliver them: text, defects included."""
         events = self.events_for_day(day)
-        table = conform(pa.Table.from_pandas(events, preserve_index=False), f"simulator {day}")
+        table = conform(pa.Table.from_pandas(events, preserve_index=False), f"simulator {day}", self.use_case)
         if self.defect_rate > 0 and (not self.defect_days or day in self.defect_days):
             table = inject_defects(table, self.defect_rate, _rng(self.seed, 2, day.toordinal()))
         return table
@@ -225,4 +237,4 @@ def inject_defects(table: pa.Table, rate: float, rng: np.random.Generator) -> pa
             col, value = [("event_type", "sesion"), ("plan", "gold"), ("region", "mars")][row % 3]
             df.iat[row, df.columns.get_loc(col)] = value
     df = pd.concat([df, df.iloc[duplicates]], ignore_index=True)
-    return pa.Table.from_pandas(df, schema=RAW_SCHEMA, preserve_index=False)
+    return pa.Table.from_pandas(df, schema=table.schema, preserve_index=False)
