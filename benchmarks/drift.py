@@ -3,23 +3,24 @@
     python benchmarks/drift.py                       # 1M customers, reference = 1 training day of 1M
     python benchmarks/drift.py --rows 100000 --reference-days 3
 
-Setup (not timed): a temporary lake with ``--reference-days`` days of
-``features/customer_daily`` (the champion's training snapshot) and day D, all with
-``--rows`` customers and the 23 features of the real table (numbers shaped like the
-simulator's, four categoricals); D has drift: the spend columns x1.6, ``device`` 60 %
+Setup (not timed): a temporary lake of the reference use case (``churn``) with
+``--reference-days`` days of its features table (the champion's training snapshot) and
+day D, all with ``--rows`` customers and the use case's 23 features (numbers shaped like
+its simulator's, four categoricals); D has drift: the spend columns x1.6, ``device`` 60 %
 missing, ``session_minutes_30d`` x1.05 (a small shift, near Evidently's threshold, so
 that sampling error would show). A small LightGBM model is fitted on the reference and
-scores D into ``predictions/churn``.
+scores D into the use case's predictions table (``sluice.stages.score.model_scores``).
 
 Then each variant runs in its own fresh process (so max RSS is its own), reading the
 lake, scoring the reference with the model, and producing the same Evidently report
-(``sluice.stages.drift.run_report``: data drift of every feature, prediction drift, missing
-values) including its HTML:
+(``sluice.stages.monitoring.report.run_report``: data drift of every feature, prediction
+drift, missing values) including its HTML:
 
 * **evidently** (baseline): the whole reference window and all of D, as a notebook would.
 * **sluice**: what ``drift_report`` does: a seeded 20k-row reference sample read day by
-  day (``drift.reference_sample``), D's features joined to its scores in Arrow and
-  sampled to 50k rows (``drift.current_sample``), Evidently on the samples.
+  day (``monitoring.reference.reference_sample``), D's features joined to its scores in
+  Arrow and sampled to 50k rows (``monitoring.current.current_sample``), Evidently on the
+  samples.
 
 It prints wall time, peak memory (max RSS, and above the process's RSS once the
 libraries are imported), the ratios, and whether every per-column verdict (value drift
@@ -42,31 +43,33 @@ from pathlib import Path
 from _measure import peak_rss_kb  # benchmarks/ is on sys.path when a script runs
 
 D = dt.date(2026, 3, 10)
+USE_CASE = "churn"  # the reference use case: the features below are shaped like its simulator's
 SPEND = ("spend_7d", "spend_30d", "spend_90d", "spend_per_order_90d")
 
 
 def _settings(lake: str | Path):
     from sluice.settings import load_settings
 
-    return load_settings(lake_uri=str(lake))
+    return load_settings(lake_uri=str(lake), use_case=USE_CASE)
 
 
-def synthetic_features(n: int, ds: str, seed: int, *, drift: bool):
-    """``n`` customers' features of one day, in the table's schema."""
+def _use_case(settings):
+    from sluice.core import usecase
+
+    return usecase.of(settings)
+
+
+def synthetic_features(uc, n: int, ds: str, seed: int, *, drift: bool):
+    """``n`` customers' features of one day, in the use case's features schema."""
     import numpy as np
     import pandas as pd
 
-    from sluice.core.features import FEATURE_COLUMNS
-    from sluice.tables import FEATURES_CUSTOMER_DAILY
-
     rng = np.random.default_rng(seed)
     eng = rng.beta(2, 3, n)
-    out = pd.DataFrame({"customer_id": np.arange(1, n + 1, dtype=np.int64)})
-    cats = {"plan": ["basic", "standard", "premium"], "region": ["na", "eu", "apac", "latam"],
-            "channel": ["organic", "paid_search", "social", "referral", "partner"], "device": ["ios", "android", "web"]}
-    for col in FEATURE_COLUMNS:
-        if col in cats:
-            out[col] = rng.choice(cats[col], n).astype(object)
+    out = pd.DataFrame({uc.key: np.arange(1, n + 1, dtype=np.int64)})
+    for col in uc.feature_columns:
+        if col in uc.categorical:
+            out[col] = rng.choice(list(uc.vocabulary(col)), n).astype(object)
         elif col.startswith("spend"):
             out[col] = np.round(rng.lognormal(3.0, 0.6, n) * (1 + eng) * (1.6 if drift else 1.0), 2)
         elif col == "sessions_trend_7_30":
@@ -77,9 +80,9 @@ def synthetic_features(n: int, ds: str, seed: int, *, drift: bool):
             out[col] = rng.poisson(1 + (12 if "90" in col else 6) * eng).astype(np.int32)
     if drift:
         out.loc[rng.random(n) < 0.6, "device"] = None
-    out["label_churn_30d"] = pd.array((rng.random(n) < 0.6 * (1 - eng)).astype(np.int8), dtype="Int8")
+    out[uc.label] = pd.array((rng.random(n) < 0.6 * (1 - eng)).astype(np.int8), dtype="Int8")
     out["ds"] = ds
-    return out[FEATURES_CUSTOMER_DAILY.columns]
+    return out[uc.tables.features.columns]
 
 
 def setup(lake: str, rows: int, reference_days: int) -> dict:
@@ -90,27 +93,30 @@ def setup(lake: str, rows: int, reference_days: int) -> dict:
     from sluice.core import train as T
     from sluice.core.lineage import RunContext
     from sluice.edges.lake import Lake
-    from sluice.stages.score import churn_scores, predictions_table
-    from sluice.tables import FEATURES_CUSTOMER_DAILY, PREDICTIONS_CHURN
+    from sluice.stages.score import model_scores, predictions_table
 
-    lake_ = Lake(_settings(lake))
+    settings = _settings(lake)
+    uc = _use_case(settings)
+    features = uc.tables.features
+    lake_ = Lake(settings)
     ctx = RunContext("benchmark", "setup")
     ref_days = [(D - dt.timedelta(days=40 + i)).isoformat() for i in range(reference_days)][::-1]
     for i, ds in enumerate([*ref_days, D.isoformat()]):
-        frame = synthetic_features(rows, ds, seed=i, drift=ds == D.isoformat())
-        table = pa.Table.from_pandas(frame, schema=FEATURES_CUSTOMER_DAILY.schema, preserve_index=False)
-        lake_.write_partition(FEATURES_CUSTOMER_DAILY, ds, table, ctx.lineage(ds, {}))
+        frame = synthetic_features(uc, rows, ds, seed=i, drift=ds == D.isoformat())
+        table = pa.Table.from_pandas(frame, schema=features.schema, preserve_index=False)
+        lake_.write_partition(features, ds, table, ctx.lineage(ds, {}))
         if i == 0:
             train = frame.sample(min(rows, 50_000), random_state=0)
             booster = lgb.train({**T.DEFAULT_PARAMS, "num_threads": 2}, lgb.Dataset(
-                T.model_matrix(train), label=train["label_churn_30d"].astype(int)), num_boost_round=60)
+                T.model_matrix(train, uc), label=train[uc.label].astype(int)), num_boost_round=60)
             booster.save_model(str(root / "model.txt"))
         elif ds == D.isoformat():
-            fv = lake_.version(FEATURES_CUSTOMER_DAILY)
-            scores = churn_scores(T.FittedModel.from_booster(booster), table)
-            lake_.write_partition(PREDICTIONS_CHURN, ds, predictions_table(table.column("customer_id"), scores, "1", fv, ds),
+            fv = lake_.version(features)
+            scores = model_scores(T.FittedModel.from_booster(booster, uc), table)
+            lake_.write_partition(uc.tables.predictions, ds,
+                                  predictions_table(uc, table.column(uc.key), scores, "1", fv, ds),
                                   ctx.lineage(ds, {}))
-    return {"reference_days": ref_days, "feature_version": lake_.version(FEATURES_CUSTOMER_DAILY)}
+    return {"reference_days": ref_days, "feature_version": lake_.version(features)}
 
 
 def measure(kind: str, lake: str, info: dict, sample: int, reference_sample: int) -> dict:
@@ -119,33 +125,36 @@ def measure(kind: str, lake: str, info: dict, sample: int, reference_sample: int
     import evidently.presets  # noqa: F401  (imports are not what is measured)
     import lightgbm as lgb
 
-    from sluice.core.features import FEATURE_COLUMNS
     from sluice.core.train import FittedModel
     from sluice.edges.lake import Lake
-    from sluice.stages import drift
-    from sluice.tables import FEATURES_CUSTOMER_DAILY, PREDICTIONS_CHURN
+    from sluice.stages.monitoring import current as monitoring_current
+    from sluice.stages.monitoring import reference as monitoring_reference
+    from sluice.stages.monitoring import report as monitoring_report
 
+    settings = _settings(lake)
+    uc = _use_case(settings)
     rss_imports = peak_rss_kb()
     t0 = time.perf_counter()
-    lake_ = Lake(_settings(lake))
-    model = FittedModel.from_booster(lgb.Booster(model_file=str(root / "model.txt")))
-    spec = drift.ReferenceSpec("1", info["feature_version"], (info["reference_days"][0], info["reference_days"][-1]))
+    lake_ = Lake(settings)
+    model = FittedModel.from_booster(lgb.Booster(model_file=str(root / "model.txt")), uc)
+    spec = monitoring_reference.ReferenceSpec(
+        "1", info["feature_version"], (info["reference_days"][0], info["reference_days"][-1]))
     if kind == "sluice":
-        reference = drift.reference_sample(lake_, spec, reference_sample, 0)
-        current = drift.current_sample(lake_, D.isoformat(), sample, 0).frame
+        reference = monitoring_reference.reference_sample(lake_, uc, spec, reference_sample, 0)
+        current = monitoring_current.current_sample(lake_, uc, D.isoformat(), sample, 0).frame
     else:
-        reference = lake_.read_partitions(FEATURES_CUSTOMER_DAILY, info["reference_days"],
+        reference = lake_.read_partitions(uc.tables.features, info["reference_days"],
                                           version=spec.feature_table_version).to_pandas()
-        features = lake_.read_partition(FEATURES_CUSTOMER_DAILY, D.isoformat(),
-                                        columns=["customer_id", *FEATURE_COLUMNS])
-        scores = lake_.read_partition(PREDICTIONS_CHURN, D.isoformat(), columns=["customer_id", "score"])
-        current = features.join(scores, "customer_id").to_pandas()
+        features = lake_.read_partition(uc.tables.features, D.isoformat(), columns=[uc.key, *uc.feature_columns])
+        scores = lake_.read_partition(uc.tables.predictions, D.isoformat(),
+                                      columns=[uc.key, monitoring_report.PREDICTION])
+        current = features.join(scores, uc.key).to_pandas()
         del features, scores
-    reference[drift.PREDICTION] = model.predict(reference)
+    reference[monitoring_report.PREDICTION] = model.predict(reference)
     t_data = time.perf_counter() - t0
-    snapshot = drift.run_report(reference, current)
-    html = snapshot.get_html_str(as_iframe=False)
-    summary = drift.drift_summary(snapshot.dict())
+    run = monitoring_report.run_report(reference, current, columns=uc.feature_columns, categorical=uc.categorical)
+    html = run.snapshot.get_html_str(as_iframe=False)
+    summary = run.summary()
     seconds = time.perf_counter() - t0
     rss = peak_rss_kb()
     return {
@@ -162,6 +171,7 @@ def measure(kind: str, lake: str, info: dict, sample: int, reference_sample: int
         "prediction_drifted": summary.prediction_drifted,
         "share": summary.share,
         "scores": summary.scores,
+        "skipped": summary.skipped_columns,
     }
 
 

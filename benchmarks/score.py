@@ -1,4 +1,4 @@
-"""Batch scoring of one day at 1M customers, from the lake to predictions, against MLflow's pyfunc recipe.
+"""Batch scoring of one day at 1M customers of churn, from the lake to predictions, against MLflow's pyfunc recipe.
 
     python benchmarks/score.py [--rows 1000000] [--repeat 1] [--customers 200000] [--history 3]
 
@@ -6,7 +6,8 @@ Setup (not timed): a temporary lake and MLflow registry (sqlite). ``load_history
 the real ingest, contract and feature steps for ``--history`` days of ``--customers``
 simulated customers; the last features partition is then tiled, with fresh unique
 customer ids, into exactly ``--rows`` rows written as the features partition of the next
-day D. A LightGBM model (``train.DEFAULT_PARAMS``, 200 rounds) is fitted on the last real
+day D. A LightGBM model (``train.DEFAULT_PARAMS`` with churn's ``model.params``, as ``retrain``
+trains it, 200 rounds) is fitted on the last real
 partition and registered the way ``retrain`` logs it (``mlflow.lightgbm.log_model``,
 pinned pip requirements, no signature), then made champion of D (registry alias and a
 ``models/promotions`` row). With fewer than 31 days of history no label has matured yet,
@@ -20,14 +21,14 @@ both variants would otherwise import lazily, ~6 s each here without cached bytec
 
 * **sluice**: ``score.score_day`` (what batch_score runs): the champion of D from
   ``models/promotions``, the booster from the MLflow registry, features D read at a
-  pinned Delta version, predict, risk bands, ``predictions/churn`` D in one atomic Delta
-  commit with lineage.
+  pinned Delta version, predict, risk bands, ``predictions/scores`` D (under the lake's
+  ``churn/`` prefix) in one atomic Delta commit with lineage.
 * **pyfunc** (baseline, MLflow's batch-inference recipe in a notebook):
   ``mlflow.pyfunc.load_model("models:/<name>/<version>")``, the parquet files of D listed
   by ``DeltaTable(uri).file_uris(partition_filters=[("ds", "=", D)])`` read with
   ``pandas.read_parquet``, the four string columns cast with ``astype("category")``
   (LightGBM refuses object columns and maps categories to the training ones itself),
-  ``model.predict(frame[FEATURE_COLUMNS])``, ``customer_id`` + ``score`` written with
+  ``model.predict(frame[uc.feature_columns])``, ``customer_id`` + ``score`` written with
   ``DataFrame.to_parquet`` to a file (no risk band, versions, lineage nor atomic commit).
 
 It prints rows per second, wall time and peak memory (max RSS, and above the RSS once the
@@ -54,13 +55,14 @@ from _measure import peak_rss_kb  # benchmarks/ is on sys.path when a script run
 START = dt.date(2026, 1, 1)
 ROUNDS = 200
 RESULTS = Path(__file__).resolve().parent / "results" / "score.json"
+USE_CASE = "churn"  # _label is churn's: the features it reads are churn's
 
 
 def _settings(root: Path, customers: int = 1):
     from sluice.settings import load_settings
 
     return load_settings(lake_uri=str(root / "lake"), mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-                         sim_customers=customers)
+                         sim_customers=customers, use_case=USE_CASE, source="simulator")
 
 
 def _label(frame):
@@ -81,15 +83,17 @@ def setup(root: Path, rows: int, customers: int, history: int) -> dict:
     import pyarrow as pa
 
     from sluice.core import train as T
+    from sluice.core import usecase
     from sluice.core.lineage import RunContext
     from sluice.edges.lake import Lake
     from sluice.edges.registry import Registry
     from sluice.stages.etl import load_history
     from sluice.stages.promotions import record_promotion
     from sluice.stages.retrain import _model_requirements
-    from sluice.tables import FEATURES_CUSTOMER_DAILY as FEATURES
 
     settings = _settings(root, customers)
+    uc = usecase.of(settings)
+    FEATURES, KEY, LABEL = uc.tables.features, uc.key, uc.label
     ctx = RunContext("bench", "bench")
     last = START + dt.timedelta(days=history - 1)
     load_history(settings, START, last, ctx)
@@ -99,29 +103,31 @@ def setup(root: Path, rows: int, customers: int, history: int) -> dict:
     real = lake.read_partition(FEATURES, last.isoformat())
     ids = pa.array(np.arange(10**9, 10**9 + rows, dtype=np.int64))  # fresh ids, above every simulated one
     tiled = real.take(pa.array(np.arange(rows) % real.num_rows))
-    tiled = tiled.set_column(tiled.schema.get_field_index("customer_id"), "customer_id", ids)
+    tiled = tiled.set_column(tiled.schema.get_field_index(KEY), KEY, ids)
     tiled = tiled.set_column(tiled.schema.get_field_index("ds"), "ds", pa.array([ds] * rows, pa.string()))
-    tiled = tiled.set_column(tiled.schema.get_field_index(T.LABEL), T.LABEL, pa.nulls(rows, pa.int8()))
+    tiled = tiled.set_column(tiled.schema.get_field_index(LABEL), LABEL, pa.nulls(rows, pa.int8()))
     lake.write_partition(FEATURES, ds, tiled, ctx.lineage(ds, {}))
     del tiled
 
-    matured = T.matured(lake.read_table(FEATURES).to_pandas())
+    matured = T.matured(lake.read_table(FEATURES).to_pandas(), uc)
     if len(matured) >= 10_000:
-        train, y, label = matured, matured[T.LABEL].astype(int), "label_churn_30d (matured snapshots)"
+        train, y, label = matured, matured[LABEL].astype(int), f"{LABEL} (matured snapshots)"
     else:
         train = real.to_pandas()
         y, label = _label(train), "derived (no label matured yet; see _label)"
-    booster = lgb.train(T.DEFAULT_PARAMS, lgb.Dataset(T.model_matrix(train), label=y), num_boost_round=ROUNDS)
+    params = {**T.DEFAULT_PARAMS, **uc.spec.model.params}  # what retrain's fit trains with
+    cats = T.categories(uc, train)
+    booster = lgb.train(params, lgb.Dataset(T.model_matrix(train, uc, cats), label=y), num_boost_round=ROUNDS)
 
     registry = Registry(settings)
     with mlflow.start_run(experiment_id=registry.experiment_id(), run_name="bench-score"):
-        info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=settings.model_name,
+        info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=settings.model,
                                          pip_requirements=_model_requirements())
     version = str(info.registered_model_version)
     registry.promote(version)
     record_promotion(lake, ds, version, None, forced=True, reason="benchmark", ctx=ctx)
     return {"ds": ds, "version": version, "real_rows": real.num_rows, "train_rows": len(train), "label": label,
-            "model_name": settings.model_name}
+            "model_name": settings.model}
 
 
 def measure(kind: str, root: Path, info: dict, out: Path) -> dict:
@@ -135,13 +141,13 @@ def measure(kind: str, root: Path, info: dict, out: Path) -> dict:
     import mlflow.store.tracking.sqlalchemy_store  # (both variants would import these lazily, timed)
     import pandas as pd
 
-    from sluice.core.features import CATEGORICAL, FEATURE_COLUMNS
+    from sluice.core import usecase
     from sluice.core.lineage import RunContext
     from sluice.edges.lake import Lake
     from sluice.stages.score import score_day
-    from sluice.tables import FEATURES_CUSTOMER_DAILY
 
     settings = _settings(root)
+    uc = usecase.of(settings)
     rss_imports = peak_rss_kb()
     t0 = time.perf_counter()
     if kind == "sluice":
@@ -149,13 +155,13 @@ def measure(kind: str, root: Path, info: dict, out: Path) -> dict:
     else:
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         model = mlflow.pyfunc.load_model(f"models:/{info['model_name']}/{info['version']}")
-        uri = Lake(settings).uri(FEATURES_CUSTOMER_DAILY)
+        uri = Lake(settings).uri(uc.tables.features)
         files = deltalake.DeltaTable(uri).file_uris(partition_filters=[("ds", "=", info["ds"])])
         frame = pd.read_parquet(files)
-        x = frame[FEATURE_COLUMNS].astype({c: "category" for c in CATEGORICAL})
+        x = frame[uc.feature_columns].astype({c: "category" for c in uc.categorical})
         scores = model.predict(x)
         out.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame({"customer_id": frame["customer_id"], "score": scores}).to_parquet(out, index=False)
+        pd.DataFrame({uc.key: frame[uc.key], "score": scores}).to_parquet(out, index=False)
         rows = len(frame)
     seconds = time.perf_counter() - t0
     rss = peak_rss_kb()
@@ -177,14 +183,16 @@ def compare(root: Path, info: dict, out: Path) -> float:
     import numpy as np
     import pandas as pd
 
+    from sluice.core import usecase
     from sluice.edges.lake import Lake
-    from sluice.tables import PREDICTIONS_CHURN
 
-    ours = Lake(_settings(root)).read_partition(PREDICTIONS_CHURN, info["ds"]).to_pandas()
+    settings = _settings(root)
+    uc = usecase.of(settings)
+    ours = Lake(settings).read_partition(uc.tables.predictions, info["ds"]).to_pandas()
     base = pd.read_parquet(out)
     if set(ours["model_version"]) != {info["version"]}:
         raise SystemExit(f"sluice scored with model {set(ours['model_version'])}, not v{info['version']}")
-    joined = ours.merge(base, on="customer_id", how="outer", suffixes=("_sluice", "_pyfunc"), indicator=True)
+    joined = ours.merge(base, on=uc.key, how="outer", suffixes=("_sluice", "_pyfunc"), indicator=True)
     if len(ours) != len(base) or not (joined["_merge"] == "both").all():
         raise SystemExit(f"different customers scored: sluice {len(ours):,} rows, pyfunc {len(base):,} rows")
     diff = float(np.max(np.abs(joined["score_sluice"].to_numpy() - joined["score_pyfunc"].to_numpy())))

@@ -26,9 +26,15 @@ def builtin_use_case_folder() -> Path:
     """``include/usecases``: the folders of the use cases that ship with Sluice (found, not imported)."""
     import importlib.util
 
+    here = Path(__file__).resolve().parents[1] / "usecases"  # include/usecases, next to include/sluice
+    if any(here.glob(f"*/{USE_CASE_SPEC}")):
+        return here
     found = importlib.util.find_spec("usecases")
-    if found is not None and found.submodule_search_locations:
-        return Path(next(iter(found.submodule_search_locations)))
+    # A namespace package: any folder named usecases on sys.path is a portion of it (e.g.
+    # tests/usecases once tests/ is on the path); the built-in ones are where the specs are.
+    for location in (found.submodule_search_locations or []) if found is not None else []:
+        if any(Path(location).glob(f"*/{USE_CASE_SPEC}")):
+            return Path(location)
     return Path(__file__).resolve().parents[1] / "usecases"
 
 
@@ -43,6 +49,34 @@ def use_case_name(ref: str) -> str:
     if path.name == USE_CASE_SPEC:
         path = path.parent
     return path.name
+
+
+class DriftPolicy(BaseSettings):
+    """Thresholds of the drift report, read from ``SLUICE_*`` variables when constructed (``Settings.drift``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
+
+    drift_share_threshold: float = Field(
+        default=0.3, ge=0.0, le=1.0, description="Alert when more than this share of the feature columns drifts."
+    )
+    performance_roc_auc_floor: float = Field(
+        default=0.7, ge=0.0, le=1.0, description="Alert when the realised ROC-AUC of a scored day is below this."
+    )
+    drift_missing_tolerance: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="A column drifts when its missing share moves by more than this."
+    )
+    drift_reference_rows: int = Field(default=20_000, ge=100, description="Size of the reference sample.")
+    drift_current_rows: int = Field(default=50_000, ge=100, description="Size of the day's sample the report runs on.")
+    drift_seed: int = 0
+    drift_retrain_k: int = Field(default=3, ge=1, description="Retrain early when drift is over on k ...")
+    drift_retrain_n: int = Field(default=5, ge=1, description="... of the last n days ...")
+    drift_retrain_cooldown_days: int = Field(default=7, ge=0, description="... at most once per this many days.")
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> DriftPolicy:
+        if self.drift_retrain_k > self.drift_retrain_n:
+            raise ValueError(f"drift_retrain_k ({self.drift_retrain_k}) must be <= drift_retrain_n ({self.drift_retrain_n})")
+        return self
 
 
 class Settings(BaseSettings):
@@ -100,6 +134,9 @@ class Settings(BaseSettings):
     )
 
     # --- training ------------------------------------------------------------
+    # --- monitoring ------------------------------------------------------------
+    drift: DriftPolicy = Field(default_factory=DriftPolicy, description="Thresholds of drift_report (SLUICE_DRIFT_*).")
+
     # --- overrides of the use case's spec (unset: the spec decides) ------------
     train_warmup_days: int | None = Field(
         default=None, ge=0, description="Override: snapshots of the lake's first N days are never trained on."

@@ -32,25 +32,25 @@ import psycopg2
 import pytest
 import redis
 
+from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake
 from sluice.edges.registry import CHAMPION, Registry
 from sluice.ops.twin import Cluster, free_port
+from sluice.orchestration.context import dag_id
 from sluice.settings import Settings, load_settings
 from sluice.stages import etl as pipeline
-from sluice.tables import (
-    CURATED_EVENTS,
-    CUSTOMER_STATE,
-    DRIFT_HISTORY,
-    FEATURES_CUSTOMER_DAILY,
-    MODEL_DECISIONS,
-    PREDICTIONS_CHURN,
-    RAW_EVENTS,
-)
+from sluice.tables import DRIFT_HISTORY, MODEL_DECISIONS
 
 # The whole loop runs in the first test's setup: give it more than pytest's default 20 minutes.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2700)]
 log = logging.getLogger(__name__)
 
+USE_CASE = "churn"  # the twin's Airflow runs this use case's five DAGs only (SLUICE_USE_CASES)
+UC = load_use_case(USE_CASE)
+TABLES = UC.tables
+KEY = UC.key  # customer_id
+DAG = {stage: dag_id(USE_CASE, stage) for stage in
+       ("ingest_raw", "nightly_etl", "weekly_retrain", "batch_score", "drift_report")}
 CUSTOMERS = 2000
 # Models never train on the lake's first 90 days, and labels mature 30 days after a snapshot:
 # the months before May are loaded in process, the way a new deployment starts.
@@ -59,7 +59,8 @@ START, END = "2026-05-01", "2026-05-17"
 MONDAYS = ("2026-05-04", "2026-05-11")  # the weeks ending 05-10 and 05-17
 SCORE_FROM, DRIFT_FROM = "2026-05-11", "2026-05-15"
 SCORE_DAYS = [str(dt.date(2026, 5, 11) + dt.timedelta(days=i)) for i in range(7)]
-EXPECTED_RUNS = {"ingest_raw": 17, "nightly_etl": 17, "weekly_retrain": 2, "batch_score": 7, "drift_report": 3}
+EXPECTED_RUNS = {DAG["ingest_raw"]: 17, DAG["nightly_etl"]: 17, DAG["weekly_retrain"]: 2, DAG["batch_score"]: 7,
+                 DAG["drift_report"]: 3}
 
 
 def _days(start: dt.date, end: dt.date) -> list[str]:
@@ -116,6 +117,7 @@ def twin(tmp_path_factory: pytest.TempPathFactory):
             "SCORES_REDIS_DB": str(scores_db),
             "SLUICE_BUCKET": f"sluice-twin-{token}",
             "SLUICE_SIM_CUSTOMERS": str(CUSTOMERS),
+            "SLUICE_USE_CASES": USE_CASE,
         },
     )
     try:
@@ -141,7 +143,10 @@ def loop(twin: Cluster, tmp_path_factory: pytest.TempPathFactory):
         s3_endpoint_url=env["SLUICE_S3_ENDPOINT_URL"],
         mlflow_tracking_uri=env["SLUICE_MLFLOW_TRACKING_URI"],
         sim_customers=CUSTOMERS,
+        use_cases=env["SLUICE_USE_CASES"].split(","),
+        use_case=USE_CASE,
     )
+    assert twin.use_cases() == [USE_CASE] and twin.dag_ids() == sorted(DAG.values())
     result = Loop(twin, settings, env)
     begin = time.monotonic()
     with pytest.MonkeyPatch.context() as mp:
@@ -179,28 +184,28 @@ def loop(twin: Cluster, tmp_path_factory: pytest.TempPathFactory):
             files = _publish_lake(staging, settings.lake_uri, settings.s3_endpoint_url or "")
             stage(f"history uploaded to the bucket ({files} files)", t0)
         print(f"twin: {twin.urls()}")
-        assert Lake(settings).partitions(FEATURES_CUSTOMER_DAILY)[-1] == str(HISTORY_END)
+        assert Lake(settings).partitions(TABLES.features)[-1] == str(HISTORY_END)
 
         t0 = time.monotonic()
-        twin.backfill("ingest_raw", START, END, max_active_runs=4)
-        twin.backfill("nightly_etl", START, END, max_active_runs=4, reprocess="failed")
-        for dag_id in ("ingest_raw", "nightly_etl"):
-            twin.wait_for_runs(dag_id, EXPECTED_RUNS[dag_id], timeout=1500)
+        twin.backfill(DAG["ingest_raw"], START, END, max_active_runs=4)
+        twin.backfill(DAG["nightly_etl"], START, END, max_active_runs=4, reprocess="failed")
+        for name in (DAG["ingest_raw"], DAG["nightly_etl"]):
+            twin.wait_for_runs(name, EXPECTED_RUNS[name], timeout=1500)
         stage("ingest_raw + nightly_etl", t0)
 
         t0 = time.monotonic()
-        twin.backfill("weekly_retrain", *MONDAYS, max_active_runs=1)
-        twin.wait_for_runs("weekly_retrain", EXPECTED_RUNS["weekly_retrain"], timeout=1200)
+        twin.backfill(DAG["weekly_retrain"], *MONDAYS, max_active_runs=1)
+        twin.wait_for_runs(DAG["weekly_retrain"], EXPECTED_RUNS[DAG["weekly_retrain"]], timeout=1200)
         stage("weekly_retrain", t0)
 
         t0 = time.monotonic()
-        twin.backfill("batch_score", SCORE_FROM, END, max_active_runs=4)
-        twin.wait_for_runs("batch_score", EXPECTED_RUNS["batch_score"], timeout=900)
+        twin.backfill(DAG["batch_score"], SCORE_FROM, END, max_active_runs=4)
+        twin.wait_for_runs(DAG["batch_score"], EXPECTED_RUNS[DAG["batch_score"]], timeout=900)
         stage("batch_score", t0)
 
         t0 = time.monotonic()
-        twin.backfill("drift_report", DRIFT_FROM, END, max_active_runs=1)
-        twin.wait_for_runs("drift_report", EXPECTED_RUNS["drift_report"], timeout=900)
+        twin.backfill(DAG["drift_report"], DRIFT_FROM, END, max_active_runs=1)
+        twin.wait_for_runs(DAG["drift_report"], EXPECTED_RUNS[DAG["drift_report"]], timeout=900)
         stage("drift_report", t0)
         stage("the loop, in all", begin)
 
@@ -218,10 +223,12 @@ def loop(twin: Cluster, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_every_run_succeeds_and_tasks_ran_on_both_workers(loop: Loop) -> None:
-    for dag_id, expected in EXPECTED_RUNS.items():
-        runs = loop.twin.runs(dag_id)
-        assert len(runs) >= expected, (dag_id, runs)
-        assert all(r["state"] == "success" for r in runs), (dag_id, [(r["run_id"], r["state"]) for r in runs])
+    for name, expected in EXPECTED_RUNS.items():
+        runs = loop.twin.runs(name)
+        assert len(runs) >= expected, (name, runs)
+        assert all(r["state"] == "success" for r in runs), (name, [(r["run_id"], r["state"]) for r in runs])
+    serialized = {row[0] for row in loop.twin.sql("SELECT dag_id FROM serialized_dag")}
+    assert serialized == set(DAG.values()), "the twin's Airflow runs the DAGs of SLUICE_USE_CASES only"
     tis = [t for t in loop.twin.task_instances() if t["state"] == "success"]
     hosts = Counter(t["hostname"] for t in tis)
     print(f"successful task instances per host: {dict(hosts)}")
@@ -234,16 +241,17 @@ def test_every_run_succeeds_and_tasks_ran_on_both_workers(loop: Loop) -> None:
 def test_the_lake_is_consistent(loop: Loop) -> None:
     lake = Lake(loop.settings)
     all_days = _days(HISTORY_START, dt.date.fromisoformat(END))
-    for table in (RAW_EVENTS, CURATED_EVENTS, CUSTOMER_STATE, FEATURES_CUSTOMER_DAILY):
+    assert lake.root == f"{loop.settings.lake_uri}/{USE_CASE}", "the use case's tables live under its own prefix"
+    for table in (TABLES.raw, TABLES.curated, TABLES.state, TABLES.features):
         assert lake.partitions(table) == all_days, f"{table.name}: one partition per day, no gap, no extra"
-    features = lake.read_table(FEATURES_CUSTOMER_DAILY, columns=["ds", "customer_id"]).to_pandas()
-    assert not features.duplicated(["ds", "customer_id"]).any(), "a customer appears twice in a day's features"
-    curated = lake.read_table(CURATED_EVENTS, columns=["event_id"]).to_pandas()
+    features = lake.read_table(TABLES.features, columns=["ds", KEY]).to_pandas()
+    assert not features.duplicated(["ds", KEY]).any(), "a customer appears twice in a day's features"
+    curated = lake.read_table(TABLES.curated, columns=["event_id"]).to_pandas()
     assert curated["event_id"].is_unique, "a curated event appears twice"
-    assert lake.partitions(PREDICTIONS_CHURN) == SCORE_DAYS
-    predictions = lake.read_table(PREDICTIONS_CHURN, columns=["ds", "customer_id"]).to_pandas()
-    assert not predictions.duplicated(["ds", "customer_id"]).any()
-    feature_rows, predicted_rows = lake.partition_rows(FEATURES_CUSTOMER_DAILY), lake.partition_rows(PREDICTIONS_CHURN)
+    assert lake.partitions(TABLES.predictions) == SCORE_DAYS
+    predictions = lake.read_table(TABLES.predictions, columns=["ds", KEY]).to_pandas()
+    assert not predictions.duplicated(["ds", KEY]).any()
+    feature_rows, predicted_rows = lake.partition_rows(TABLES.features), lake.partition_rows(TABLES.predictions)
     assert {d: predicted_rows[d] for d in SCORE_DAYS} == {d: feature_rows[d] for d in SCORE_DAYS}
     assert lake.partitions(DRIFT_HISTORY) == _days(dt.date.fromisoformat(DRIFT_FROM), dt.date.fromisoformat(END))
     assert lake.partitions(MODEL_DECISIONS) == ["2026-05-10", "2026-05-17"]
@@ -255,7 +263,8 @@ def test_the_champion_is_in_the_mlflow_server_and_its_files_in_the_bucket(loop: 
 
     assert loop.settings.mlflow_tracking_uri.startswith("http://127.0.0.1:")
     client = MlflowClient(tracking_uri=loop.settings.mlflow_tracking_uri)
-    champion = client.get_model_version_by_alias(loop.settings.model_name, CHAMPION)
+    assert loop.settings.model == f"sluice-{USE_CASE}"
+    champion = client.get_model_version_by_alias(loop.settings.model, CHAMPION)
     assert CHAMPION in champion.aliases
     assert Registry(loop.settings).by_alias(CHAMPION).version == str(champion.version)
 
@@ -279,7 +288,7 @@ def test_published_scores_are_the_predictions(loop: Loop) -> None:
     client = redis.Redis.from_url(redis_url)
     with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
         for day in SCORE_DAYS:
-            predicted = lake.read_partition(PREDICTIONS_CHURN, day).to_pandas().set_index("customer_id")
+            predicted = lake.read_partition(TABLES.predictions, day).to_pandas().set_index(KEY)
             cur.execute("SELECT customer_id, score, model_version FROM churn_scores WHERE ds = %s", (day,))
             published = {cid: (score, version) for cid, score, version in cur.fetchall()}
             assert set(published) == set(predicted.index), f"{day}: published customers differ"
@@ -304,8 +313,8 @@ def test_training_and_scoring_ran_in_the_workers_with_no_openmp_before_a_fork(lo
 
     tis = loop.twin.task_instances()
     workers = {Cluster.worker_hostname(i) for i in (1, 2)}
-    trained = [t for t in tis if (t["dag_id"], t["task_id"]) == ("weekly_retrain", "retrain_and_gate")]
-    scored = [t for t in tis if (t["dag_id"], t["task_id"]) == ("batch_score", "score_customers")]
+    trained = [t for t in tis if (t["dag_id"], t["task_id"]) == (DAG["weekly_retrain"], "retrain_and_gate")]
+    scored = [t for t in tis if (t["dag_id"], t["task_id"]) == (DAG["batch_score"], "score_entities")]
     assert len(trained) == 2 and len(scored) == 7
     for ti in trained + scored:
         assert ti["state"] == "success" and ti["hostname"] in workers, ti

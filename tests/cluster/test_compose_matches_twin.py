@@ -108,6 +108,25 @@ def test_the_twin_points_every_url_at_its_own_ports(compose: Compose, twin: Clus
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://127.0.0.1:6379/")
 
 
+def test_every_airflow_service_runs_the_same_use_cases_churn_by_default(compose: Compose, twin: Cluster) -> None:
+    """SLUICE_USE_CASES is in the common block (one value for every component that parses or runs
+    a DAG); compose defaults it to churn, and the twin derives the DAG ids it waits for from it."""
+    from sluice.orchestration.context import STAGES
+
+    for service in compose.airflow_services():
+        assert compose.raw_environment(service)["SLUICE_USE_CASES"] == "${SLUICE_USE_CASES:-churn}", service
+        for replica in _replicas(twin, service):
+            assert twin.service_env(service, replica)["SLUICE_USE_CASES"] == "churn", service
+    assert twin.use_cases() == ["churn"]
+    assert twin.dag_ids() == sorted(f"churn__{stage}" for stage in STAGES)
+
+    both = Cluster(state_dir=twin.state_dir / "both", dotenv=None, inherit_environ=False,
+                   overrides={"SLUICE_USE_CASES": "churn,purchases"})
+    assert both.service_env("airflow-worker", 2)["SLUICE_USE_CASES"] == "churn,purchases"
+    assert both.use_cases() == ["churn", "purchases"]
+    assert len(both.dag_ids()) == 10 and "purchases__batch_score" in both.dag_ids()
+
+
 def test_the_twin_runs_two_distinct_celery_workers(twin: Cluster) -> None:
     envs = [twin.service_env("airflow-worker", replica) for replica in (1, 2)]
     argvs = [twin.argv("airflow-worker", replica) for replica in (1, 2)]
@@ -311,7 +330,8 @@ def test_docker_compose_renders_what_the_twin_derives(compose_cli: list[str], co
     """One source of truth: Compose's own interpolation of every service's environment and
     command equals the twin's (sluice.ops.twin.interpolate), for the same .env."""
     variables = {name: f"v-{name.lower()}" for name in _required_variables()}
-    variables |= {"SLUICE_SIM_CUSTOMERS": "1234", "AIRFLOW_WORKER_CONCURRENCY": "3", "SLUICE_ALERT_WEBHOOK_URI": ""}
+    variables |= {"SLUICE_SIM_CUSTOMERS": "1234", "AIRFLOW_WORKER_CONCURRENCY": "3", "SLUICE_ALERT_WEBHOOK_URI": "",
+                  "SLUICE_USE_CASES": "churn,purchases"}
     env_file = tmp_path / "ci.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in variables.items()))
     result = _render(compose_cli, env_file, "--format", "json")
@@ -325,6 +345,8 @@ def test_docker_compose_renders_what_the_twin_derives(compose_cli: list[str], co
     for service in compose.services:
         theirs = {k: unescape(v) for k, v in (rendered[service].get("environment") or {}).items()}
         assert theirs == compose.environment(service, variables), service
+        if service in compose.airflow_services():
+            assert theirs["SLUICE_USE_CASES"] == "churn,purchases", service
         if rendered[service].get("command"):
             assert [unescape(a) for a in rendered[service]["command"]] == compose.command(service, variables), service
 

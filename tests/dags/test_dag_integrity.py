@@ -237,7 +237,7 @@ def test_batch_score_waits_for_the_retraining_whose_promotion_takes_effect_on_it
         sensor = dagbag.dags[dag_id(use_case, "batch_score")].get_task("wait_for_retraining")
         ti = _RecordingTI()
         context = {"ti": ti, "params": {"partition_day": monday.isoformat()}}
-        with mock.patch.dict(sensor.python_callable.__globals__, {"get_current_context": lambda: context}):
+        with mock.patch.dict(sensor.python_callable.__globals__, {"get_current_context": lambda c=context: c}):
             assert sensor.python_callable() is True
         assert {a["dag_id"] for a in ti.asked} == {dag_id(use_case, "weekly_retrain")}, ti.asked
         assert [a.get("logical_dates") for a in ti.asked if a.get("logical_dates")] == [[info.logical_date]]

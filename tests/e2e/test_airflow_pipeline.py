@@ -1,6 +1,6 @@
 """End to end through a real Airflow (API server, scheduler, DAG processor; LocalExecutor).
 
-Both DAGs run as `airflow backfill create` backfills over consecutive days; re-running
+The Airflow runs churn's DAGs (SLUICE_USE_CASES=churn). Both of its ingestion DAGs run as `airflow backfill create` backfills over consecutive days; re-running
 days (by backfill and by a manual trigger with the partition_day param) changes no
 content; a day whose defects exceed the contract's limit fails without retries and
 leaves curated events and features exactly as they were.
@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pandas as pd
 import pytest
 
+from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake
 from sluice.ops.embedded import LocalAirflow, free_port
+from sluice.orchestration.context import dag_id
 from sluice.settings import load_settings
-from sluice.tables import CURATED_EVENTS, FEATURES_CUSTOMER_DAILY, QUARANTINE_EVENTS, RAW_EVENTS
 
 pytestmark = pytest.mark.e2e
+
+USE_CASE = "churn"
+TABLES = load_use_case(USE_CASE).tables
+RAW_EVENTS, CURATED_EVENTS, QUARANTINE_EVENTS = TABLES.raw, TABLES.curated, TABLES.quarantine
+FEATURES = TABLES.features
+INGEST, ETL = dag_id(USE_CASE, "ingest_raw"), dag_id(USE_CASE, "nightly_etl")
 
 START, END = "2026-01-01", "2026-01-06"
 BAD_DAY = "2026-01-07"
@@ -32,6 +40,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     lake_uri = (root / "lake").as_uri()
     env = {
         "SLUICE_LAKE_URI": lake_uri,
+        "SLUICE_USE_CASES": USE_CASE,
         "SLUICE_SIM_CUSTOMERS": "2000",
         "SLUICE_SIM_DEFECT_RATE": "0.3",
         "SLUICE_SIM_DEFECT_DAYS": BAD_DAY,  # only this day is spoiled
@@ -42,8 +51,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     airflow.start()
     try:
         airflow.wait_until_healthy()
-        airflow.wait_for_dags(["ingest_raw", "nightly_etl"])
-        yield airflow, Lake(load_settings(lake_uri=lake_uri))
+        airflow.wait_for_dags([INGEST, ETL])
+        yield airflow, Lake(load_settings(lake_uri=lake_uri, use_cases=[USE_CASE], use_case=USE_CASE))
     finally:
         airflow.stop()
 
@@ -69,52 +78,56 @@ def _backfill_and_wait(airflow: LocalAirflow, dag_id: str, start: str, end: str,
 
 def test_backfills_run_both_dags_through_airflow(stack) -> None:
     airflow, lake = stack
-    runs = _backfill_and_wait(airflow, "ingest_raw", START, END)
+    runs = _backfill_and_wait(airflow, INGEST, START, END)
     assert [r["state"] for r in runs] == ["success"] * len(DAYS)
-    runs = _backfill_and_wait(airflow, "nightly_etl", START, END)
+    runs = _backfill_and_wait(airflow, ETL, START, END)
     assert [r["state"] for r in runs] == ["success"] * len(DAYS)
 
-    for table in (RAW_EVENTS, CURATED_EVENTS, FEATURES_CUSTOMER_DAILY):
+    lake_dir = Path(urlparse(lake.root).path)
+    assert lake_dir.name == USE_CASE, "churn's tables live under its own prefix of the lake"
+    for table in (RAW_EVENTS, CURATED_EVENTS, FEATURES):
         assert lake.partitions(table) == DAYS, table.name
-    rows = lake.partition_rows(FEATURES_CUSTOMER_DAILY)
+        assert (lake_dir / table.name / "_delta_log").is_dir(), table.name
+    rows = lake.partition_rows(FEATURES)
     assert all(n > 300 for n in rows.values()), rows
-    lineage = lake.lineage(FEATURES_CUSTOMER_DAILY)
+    lineage = lake.lineage(FEATURES)
     assert lineage is not None
-    assert lineage.dag_id == "nightly_etl"
+    assert lineage.dag_id == ETL
     assert lineage.run_id.startswith("backfill__")
     assert lineage.ds == END
-    assert set(lineage.inputs) >= {CURATED_EVENTS.name, "state/customer_cumulative"}
+    assert set(lineage.inputs) >= {CURATED_EVENTS.name, TABLES.state.name}
+    assert TABLES.state.name == "state/customer_cumulative"
 
 
 def test_rerunning_days_changes_no_content(stack) -> None:
     airflow, lake = stack
-    before = {t.name: _contents(lake, t) for t in (RAW_EVENTS, CURATED_EVENTS, FEATURES_CUSTOMER_DAILY)}
-    versions = {t.name: lake.version(t) for t in (RAW_EVENTS, CURATED_EVENTS, FEATURES_CUSTOMER_DAILY)}
+    before = {t.name: _contents(lake, t) for t in (RAW_EVENTS, CURATED_EVENTS, FEATURES)}
+    versions = {t.name: lake.version(t) for t in (RAW_EVENTS, CURATED_EVENTS, FEATURES)}
 
-    _backfill_and_wait(airflow, "ingest_raw", "2026-01-03", "2026-01-04", reprocess="completed")
-    _backfill_and_wait(airflow, "nightly_etl", "2026-01-03", "2026-01-04", reprocess="completed")
-    run_id = airflow.trigger("nightly_etl", conf={"partition_day": "2026-01-05"})
-    runs = airflow.wait_for_runs("nightly_etl", len(DAYS) + 1, timeout=600)
+    _backfill_and_wait(airflow, INGEST, "2026-01-03", "2026-01-04", reprocess="completed")
+    _backfill_and_wait(airflow, ETL, "2026-01-03", "2026-01-04", reprocess="completed")
+    run_id = airflow.trigger(ETL, conf={"partition_day": "2026-01-05"})
+    runs = airflow.wait_for_runs(ETL, len(DAYS) + 1, timeout=600)
     assert {r["run_id"]: r["state"] for r in runs}[run_id] == "success"
 
-    for table in (RAW_EVENTS, CURATED_EVENTS, FEATURES_CUSTOMER_DAILY):
+    for table in (RAW_EVENTS, CURATED_EVENTS, FEATURES):
         assert lake.version(table) > versions[table.name], f"{table.name} was not rewritten"
         pd.testing.assert_frame_equal(_contents(lake, table), before[table.name], obj=table.name)
 
 
 def test_day_over_the_defect_limit_fails_cleanly(stack) -> None:
     airflow, lake = stack
-    runs = _backfill_and_wait(airflow, "ingest_raw", BAD_DAY, BAD_DAY)
+    runs = _backfill_and_wait(airflow, INGEST, BAD_DAY, BAD_DAY)
     assert all(r["state"] == "success" for r in runs)
-    versions = {t.name: lake.version(t) for t in (CURATED_EVENTS, FEATURES_CUSTOMER_DAILY)}
-    partitions = {t.name: lake.partitions(t) for t in (CURATED_EVENTS, FEATURES_CUSTOMER_DAILY)}
+    versions = {t.name: lake.version(t) for t in (CURATED_EVENTS, FEATURES)}
+    partitions = {t.name: lake.partitions(t) for t in (CURATED_EVENTS, FEATURES)}
 
-    runs = _backfill_and_wait(airflow, "nightly_etl", BAD_DAY, BAD_DAY)
+    runs = _backfill_and_wait(airflow, ETL, BAD_DAY, BAD_DAY)
     bad = [r for r in runs if r["run_id"] == _run_id(BAD_DAY)]
     assert bad and bad[0]["state"] == "failed", runs
 
     # Nothing downstream moved; the spoiled rows are kept in quarantine.
-    for table in (CURATED_EVENTS, FEATURES_CUSTOMER_DAILY):
+    for table in (CURATED_EVENTS, FEATURES):
         assert lake.version(table) == versions[table.name]
         assert lake.partitions(table) == partitions[table.name]
     quarantined = lake.read_partition(QUARANTINE_EVENTS, BAD_DAY).to_pandas()
@@ -122,7 +135,7 @@ def test_day_over_the_defect_limit_fails_cleanly(stack) -> None:
     assert quarantined["failed_checks"].str.contains("amount: parse_number").any()
 
     # The task failed once, without retries, and said why.
-    log_dir = Path(airflow.home) / "logs" / "dag_id=nightly_etl" / f"run_id={bad[0]['run_id']}" / "task_id=curate_events"
+    log_dir = Path(airflow.home) / "logs" / f"dag_id={ETL}" / f"run_id={bad[0]['run_id']}" / "task_id=curate_events"
     attempts = sorted(p.name for p in log_dir.iterdir())
     assert attempts == ["attempt=1.log"], attempts
     text = (log_dir / "attempt=1.log").read_text()

@@ -4,6 +4,7 @@ scoring with the champion of each day, published to PostgreSQL and Redis.
 Six simulated weeks: the first weeks skip retraining (labels mature 30 days after a
 snapshot), later ones train, gate and promote; batch_score then scores the last week,
 each day with the model that was champion on it, and re-scoring changes nothing.
+The Airflow runs churn's five DAGs (SLUICE_USE_CASES=churn).
 """
 
 from __future__ import annotations
@@ -22,24 +23,27 @@ import pytest
 import redis
 from psycopg2 import sql
 
+from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake
 from sluice.edges.registry import CHAMPION, Registry
 from sluice.ops.embedded import LocalAirflow, free_port, json_output
+from sluice.orchestration.context import dag_id
 from sluice.settings import load_settings
 from sluice.stages import etl as pipeline
 from sluice.stages import promotions
-from sluice.tables import (
-    DRIFT_HISTORY,
-    EARLY_RETRAINS,
-    FEATURES_CUSTOMER_DAILY,
-    MODEL_DECISIONS,
-    PREDICTIONS_CHURN,
-)
+from sluice.tables import DRIFT_HISTORY, EARLY_RETRAINS, MODEL_DECISIONS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]  # a busy 2-core machine is slow
 
+USE_CASE = "churn"
+TABLES = load_use_case(USE_CASE).tables
+FEATURES, PREDICTIONS = TABLES.features, TABLES.predictions
+INGEST, ETL, RETRAIN, SCORE, DRIFT = (
+    dag_id(USE_CASE, stage) for stage in ("ingest_raw", "nightly_etl", "weekly_retrain", "batch_score", "drift_report")
+)
+
 # The months before START are loaded in-process (`sluice load-history`): features need
-# 90 days of history before a model may learn from them (SLUICE_TRAIN_WARMUP_DAYS) and
+# 90 days of history before a model may learn from them (churn's training.warmup_days) and
 # labels 30 more days to mature. Airflow runs the rest.
 HISTORY_START, HISTORY_END = dt.date(2026, 1, 1), dt.date(2026, 4, 30)
 START, END = "2026-05-01", "2026-05-17"
@@ -97,6 +101,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, scores_db: str, webhook):
     redis.Redis(db=REDIS_DB).flushdb()
     env = {
         "SLUICE_LAKE_URI": (root / "lake").as_uri(),
+        "SLUICE_USE_CASES": USE_CASE,
         "SLUICE_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "SLUICE_SIM_CUSTOMERS": "2000",
         "SLUICE_SIM_DRIFT": f"engagement_drop@{SWITCH}",
@@ -110,17 +115,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, scores_db: str, webhook):
     airflow.apply_settings()
     settings = load_settings(
         lake_uri=env["SLUICE_LAKE_URI"], mlflow_tracking_uri=env["SLUICE_MLFLOW_TRACKING_URI"],
-        sim_customers=2000, sim_drift=env["SLUICE_SIM_DRIFT"],
+        sim_customers=2000, sim_drift=env["SLUICE_SIM_DRIFT"], use_cases=[USE_CASE], use_case=USE_CASE,
     )
     pipeline.load_history(settings, HISTORY_START, HISTORY_END)
-    airflow.backfill("ingest_raw", START, END)
-    airflow.backfill("nightly_etl", START, END)
+    airflow.backfill(INGEST, START, END)
+    airflow.backfill(ETL, START, END)
     airflow.start()
     try:
         airflow.wait_until_healthy()
         n = (dt.date.fromisoformat(END) - dt.date.fromisoformat(START)).days + 1
-        for dag_id in ("ingest_raw", "nightly_etl"):
-            runs = airflow.wait_for_runs(dag_id, n, timeout=1200)
+        for name in (INGEST, ETL):
+            runs = airflow.wait_for_runs(name, n, timeout=1200)
             assert all(r["state"] == "success" for r in runs), runs
         yield airflow, settings
     finally:
@@ -130,8 +135,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, scores_db: str, webhook):
 
 def test_weekly_retraining_gates_and_promotes(stack) -> None:
     airflow, settings = stack
-    airflow.backfill("weekly_retrain", *MONDAYS, max_active_runs=1)
-    runs = airflow.wait_for_runs("weekly_retrain", 3, timeout=1200)
+    airflow.backfill(RETRAIN, *MONDAYS, max_active_runs=1)
+    runs = airflow.wait_for_runs(RETRAIN, 3, timeout=1200)
     assert all(r["state"] == "success" for r in runs), runs
 
     lake = Lake(settings)
@@ -147,6 +152,7 @@ def test_weekly_retraining_gates_and_promotes(stack) -> None:
     assert all(c["reason"] for c in second["checks"])
 
     registry = Registry(settings)
+    assert registry.name == "sluice-churn"
     champion = registry.by_alias(CHAMPION)
     assert champion is not None
     assert champion.tags["gate.promote"] == "True"
@@ -162,15 +168,15 @@ def test_weekly_retraining_gates_and_promotes(stack) -> None:
 
 def test_each_day_is_scored_with_its_champion_and_published(stack, scores_db: str) -> None:
     airflow, settings = stack
-    airflow.backfill("batch_score", SCORE_FROM, END, max_active_runs=4)
-    runs = airflow.wait_for_runs("batch_score", len(SCORE_DAYS), timeout=900)
+    airflow.backfill(SCORE, SCORE_FROM, END, max_active_runs=4)
+    runs = airflow.wait_for_runs(SCORE, len(SCORE_DAYS), timeout=900)
     assert all(r["state"] == "success" for r in runs), runs
 
     lake = Lake(settings)
-    assert lake.partitions(PREDICTIONS_CHURN) == SCORE_DAYS
-    features_rows = lake.partition_rows(FEATURES_CUSTOMER_DAILY)
+    assert lake.partitions(PREDICTIONS) == SCORE_DAYS
+    features_rows = lake.partition_rows(FEATURES)
     for day in SCORE_DAYS:
-        scored = lake.read_partition(PREDICTIONS_CHURN, day).to_pandas()
+        scored = lake.read_partition(PREDICTIONS, day).to_pandas()
         assert len(scored) == features_rows[day] == scored["customer_id"].nunique()
         assert set(scored["model_version"]) == {promotions.champion_on(lake, dt.date.fromisoformat(day))}
         assert scored["score"].between(0, 1).all()
@@ -186,11 +192,11 @@ def test_each_day_is_scored_with_its_champion_and_published(stack, scores_db: st
 def test_rescoring_a_day_changes_nothing(stack, scores_db: str) -> None:
     airflow, settings = stack
     lake = Lake(settings)
-    before = lake.read_partition(PREDICTIONS_CHURN, END).to_pandas()
-    airflow.backfill("batch_score", END, END, reprocess="completed")
-    runs = airflow.wait_for_runs("batch_score", len(SCORE_DAYS), timeout=600)
+    before = lake.read_partition(PREDICTIONS, END).to_pandas()
+    airflow.backfill(SCORE, END, END, reprocess="completed")
+    runs = airflow.wait_for_runs(SCORE, len(SCORE_DAYS), timeout=600)
     assert all(r["state"] == "success" for r in runs), runs
-    after = lake.read_partition(PREDICTIONS_CHURN, END).to_pandas()
+    after = lake.read_partition(PREDICTIONS, END).to_pandas()
     assert after.sort_values("customer_id").reset_index(drop=True).equals(
         before.sort_values("customer_id").reset_index(drop=True)
     )
@@ -205,9 +211,9 @@ def test_a_dry_run_decides_but_moves_no_alias(stack) -> None:
     registry = Registry(settings)
     champion = registry.by_alias(CHAMPION).version
     run_id = airflow.trigger(
-        "weekly_retrain", conf={"partition_day": END, "dry_run": True, "force_promote": True, "reason": "e2e dry run"}
+        RETRAIN, conf={"partition_day": END, "dry_run": True, "force_promote": True, "reason": "e2e dry run"}
     )
-    runs = airflow.wait_for_runs("weekly_retrain", 4, timeout=900)
+    runs = airflow.wait_for_runs(RETRAIN, 4, timeout=900)
     assert {r["run_id"]: r["state"] for r in runs}[run_id] == "success"
     decisions = Lake(settings).read_partition(MODEL_DECISIONS, END).to_pylist()
     assert len(decisions) == 2, "the scheduled decision of the day is kept beside the dry run"
@@ -219,9 +225,9 @@ def test_a_dry_run_decides_but_moves_no_alias(stack) -> None:
 
 def test_drift_is_reported_after_the_switch_not_before_and_triggers_one_early_retrain(stack, webhook) -> None:
     airflow, settings = stack
-    weekly_before = {r["run_id"] for r in airflow.runs("weekly_retrain")}
-    airflow.backfill("drift_report", SCORE_FROM, END, max_active_runs=1)
-    runs = airflow.wait_for_runs("drift_report", len(SCORE_DAYS), timeout=1200)
+    weekly_before = {r["run_id"] for r in airflow.runs(RETRAIN)}
+    airflow.backfill(DRIFT, SCORE_FROM, END, max_active_runs=1)
+    runs = airflow.wait_for_runs(DRIFT, len(SCORE_DAYS), timeout=1200)
     assert all(r["state"] == "success" for r in runs), runs
 
     lake = Lake(settings)
@@ -244,11 +250,12 @@ def test_drift_is_reported_after_the_switch_not_before_and_triggers_one_early_re
     received = webhook[1]
     assert sorted(a["ds"] for a in received) == alerts
     assert all(a["path"] == "/hooks/sluice" and a["drift"]["drift_share"] > 0.3 for a in received)
+    assert all(a["use_case"] == USE_CASE for a in received), "an alert says which use case drifted"
 
     # Over the threshold on 3 of the last 5 days: drift_report triggers weekly_retrain
     # once, and not again within the 7-day cooldown.
     trigger_day = alerts[2]
-    weekly = airflow.wait_for_runs("weekly_retrain", len(weekly_before) + 1, timeout=900)
+    weekly = airflow.wait_for_runs(RETRAIN, len(weekly_before) + 1, timeout=900)
     early = {r["run_id"]: r["state"] for r in weekly if r["run_id"] not in weekly_before}
     assert early == {f"early_retrain__{trigger_day}": "success"}
     assert lake.partitions(EARLY_RETRAINS) == [trigger_day]
@@ -267,38 +274,38 @@ def _task_instances(airflow: LocalAirflow, dag_id: str, run_id: str) -> dict[str
 
 
 def test_scoring_waits_for_the_retraining_that_takes_effect_on_its_day(stack) -> None:
-    """batch_score D must not resolve its model while a weekly_retrain run decided as of D-1 is
-    still queued: that run's promotion would make D's champion. Here the retraining stays
+    """churn__batch_score D must not resolve its model while a churn__weekly_retrain run decided as
+    of D-1 is still queued: that run's promotion would make D's champion. Here the retraining stays
     queued (its DAG is paused) until the test lets it run; scoring starts only after it."""
     airflow, settings = stack
     day, decided = "2026-05-15", "2026-05-14"
-    airflow.cli("dags", "pause", "weekly_retrain")
+    airflow.cli("dags", "pause", RETRAIN)
     try:
         retrain_run = airflow.trigger(
-            "weekly_retrain", conf={"partition_day": decided, "dry_run": True}, run_id=f"early_retrain__{decided}"
+            RETRAIN, conf={"partition_day": decided, "dry_run": True}, run_id=f"early_retrain__{decided}"
         )
-        score_run = airflow.trigger("batch_score", conf={"partition_day": day})
+        score_run = airflow.trigger(SCORE, conf={"partition_day": day})
         deadline = time.monotonic() + 600
         while True:  # the sensor has looked and found the retraining pending
-            tis = _task_instances(airflow, "batch_score", score_run)
+            tis = _task_instances(airflow, SCORE, score_run)
             if tis["wait_for_retraining"]["state"] == "up_for_reschedule":
                 break
             assert tis["wait_for_retraining"]["state"] in (None, "None", "", "scheduled", "queued", "running"), tis
             assert time.monotonic() < deadline, tis
             time.sleep(5)
         time.sleep(30)  # more than one scheduler loop: still nothing scored
-        tis = _task_instances(airflow, "batch_score", score_run)
-        assert tis["score_customers"]["state"] in (None, "None", ""), tis
+        tis = _task_instances(airflow, SCORE, score_run)
+        assert tis["score_entities"]["state"] in (None, "None", ""), tis
         assert tis["wait_for_retraining"]["state"] == "up_for_reschedule", tis
     finally:
-        airflow.cli("dags", "unpause", "weekly_retrain")
+        airflow.cli("dags", "unpause", RETRAIN)
 
-    runs = airflow.wait_for_runs("batch_score", len(SCORE_DAYS) + 1, timeout=1200)
+    runs = airflow.wait_for_runs(SCORE, len(SCORE_DAYS) + 1, timeout=1200)
     assert {r["run_id"]: r["state"] for r in runs}[score_run] == "success"
-    retrain = {r["run_id"]: r for r in airflow.runs("weekly_retrain")}[retrain_run]
+    retrain = {r["run_id"]: r for r in airflow.runs(RETRAIN)}[retrain_run]
     assert retrain["state"] == "success", retrain
-    scored = _task_instances(airflow, "batch_score", score_run)["score_customers"]
+    scored = _task_instances(airflow, SCORE, score_run)["score_entities"]
     assert _utc(scored["start_date"]) >= _utc(retrain["end_date"]), (scored, retrain)
     lake = Lake(settings)
-    predictions = lake.read_partition(PREDICTIONS_CHURN, day).to_pandas()
+    predictions = lake.read_partition(PREDICTIONS, day).to_pandas()
     assert set(predictions["model_version"]) == {promotions.champion_on(lake, dt.date.fromisoformat(day))}

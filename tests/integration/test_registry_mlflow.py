@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -27,16 +28,20 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from sluice.core import train as T
-from sluice.core.gate import GatePolicy
 from sluice.core.lineage import RunContext
+from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake
 from sluice.edges.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, RegistryError
 from sluice.settings import Settings, load_settings
 from sluice.stages import etl as pipeline
 from sluice.stages import promotions
-from sluice.tables import FEATURES_CUSTOMER_DAILY, MODEL_DECISIONS, MODEL_PROMOTIONS, PARTITION_COLUMN
+from sluice.stages.retrain import gate_policy
+from sluice.tables import MODEL_DECISIONS, MODEL_PROMOTIONS, PARTITION_COLUMN
 
 pytestmark = pytest.mark.integration
+
+CHURN = load_use_case("churn")
+FEATURES_CUSTOMER_DAILY = CHURN.tables.features
 
 # Any credentials do for the moto server (the same as conftest's aws_env).
 AWS_ENV = {
@@ -86,12 +91,16 @@ def _mlflow_db(template: Path, directory: Path) -> str:
 def ml_settings(tmp_path, bucket, s3_endpoint, aws_env, monkeypatch, mlflow_template) -> Settings:
     """Registry on a fresh SQLite file, MLflow artifacts and the lake in this test's bucket."""
     _clean_env(monkeypatch)
-    return load_settings(
+    settings = load_settings(
         lake_uri=f"s3://{bucket}/sluice",
         s3_endpoint_url=s3_endpoint,
         mlflow_tracking_uri=_mlflow_db(mlflow_template, tmp_path / "mlflow"),
         mlflow_artifact_uri=f"s3://{bucket}/mlflow",
+        use_case="churn",
     )
+    # The registered model and the experiment are the use case's own unless set.
+    assert (settings.model, settings.experiment, settings.model_name) == ("sluice-churn", "sluice-churn", None)
+    return settings
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,7 @@ def log_version(settings: Settings, booster: Any) -> tuple[str, str]:
         info = mlflow.lightgbm.log_model(
             booster,
             name="model",
-            registered_model_name=settings.model_name,
+            registered_model_name=settings.model,
             pip_requirements=["lightgbm"],  # skips MLflow's requirement inference (a 5-7 s subprocess)
         )
     return str(info.registered_model_version), run.info.run_id
@@ -148,7 +157,7 @@ def test_versions_are_registered_and_their_files_land_in_the_bucket(ml_settings,
     registry = Registry(ml_settings)
     assert (v1, v2) == ("1", "2")
     assert [(r.version, r.run_id) for r in registry.versions()] == [("1", run1), ("2", run2)]
-    assert registry.version("2").uri == f"models:/{ml_settings.model_name}/2"
+    assert registry.version("2").uri == f"models:/{ml_settings.model}/2"
     # Registry pointed MLflow's S3 client at the configured endpoint.
     assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == ml_settings.s3_endpoint_url
     experiment = registry.client.get_experiment(registry.experiment_id())
@@ -159,7 +168,7 @@ def test_versions_are_registered_and_their_files_land_in_the_bucket(ml_settings,
     model_files = [k for k in keys if k.endswith("/model.lgb")]
     assert len(model_files) == 2, keys
     assert len([k for k in keys if k.endswith("/MLmodel")]) == 2
-    for mv in registry.client.search_model_versions(f"name='{ml_settings.model_name}'"):
+    for mv in registry.client.search_model_versions(f"name='{ml_settings.model}'"):
         assert registry.client.get_model_version_download_uri(mv.name, mv.version).startswith(f"s3://{bucket}/mlflow/")
     assert_no_stages(registry)
 
@@ -213,7 +222,7 @@ def test_by_alias_of_a_missing_alias_is_none(ml_settings, boosters):
     assert registry.by_alias("no-such-alias") is None
     registry.set_alias(CHALLENGER, "1")
     ref = registry.by_alias(CHALLENGER)
-    assert ref is not None and ref.version == "1" and ref.name == ml_settings.model_name
+    assert ref is not None and ref.version == "1" and ref.name == ml_settings.model
 
 
 def test_the_champion_loads_back_and_predicts_like_the_original(ml_settings, boosters):
@@ -231,7 +240,7 @@ def test_the_champion_loads_back_and_predicts_like_the_original(ml_settings, boo
     expected = boosters.models[1].predict(boosters.x)
     np.testing.assert_array_equal(loaded.predict(boosters.x), expected)
     assert not np.array_equal(loaded.predict(boosters.x), boosters.models[0].predict(boosters.x))
-    by_alias = mlflow.lightgbm.load_model(f"models:/{ml_settings.model_name}@{CHAMPION}")
+    by_alias = mlflow.lightgbm.load_model(f"models:/{ml_settings.model}@{CHAMPION}")
     np.testing.assert_array_equal(by_alias.predict(boosters.x), expected)
     previous = registry.load_booster(registry.by_alias(PREVIOUS).version)
     np.testing.assert_array_equal(previous.predict(boosters.x), boosters.models[0].predict(boosters.x))
@@ -248,7 +257,7 @@ def test_tags_are_readable(ml_settings, boosters):
         "note": "first",
     }
     assert registry.versions()[0].tags["note"] == "first"
-    assert registry.client.get_model_version(ml_settings.model_name, "1").tags["gate.promote"] == "True"
+    assert registry.client.get_model_version(ml_settings.model, "1").tags["gate.promote"] == "True"
 
 
 def test_aliases_map_to_version_strings(ml_settings, boosters):
@@ -402,7 +411,8 @@ def retrain_chain(s3_endpoint, tmp_path_factory, mlflow_template) -> Iterator[Re
             mlflow_artifact_uri=f"s3://{bucket}/mlflow",
             sim_customers=HISTORY_CUSTOMERS,
             sim_seed=HISTORY_SEED,
-            train_warmup_days=0,  # the mechanics of retraining, on a short history
+            train_warmup_days=0,  # the mechanics of retraining, on a short history (churn's spec says 90)
+            use_case="churn",
         )
         days = [HISTORY_START + dt.timedelta(days=i) for i in range(HISTORY_DAYS)]
         history_ctx = RunContext("history", "backfill")
@@ -438,7 +448,7 @@ def retrain_chain(s3_endpoint, tmp_path_factory, mlflow_template) -> Iterator[Re
         first = step(ctx=RunContext("weekly_retrain", "test"))
         second = step(ctx=RunContext("weekly_retrain", "test-again"))
         # The forced calls do not depend on the bootstrap: a shorter one saves seconds.
-        quick = GatePolicy(n_bootstrap=100)
+        quick = dataclasses.replace(gate_policy(CHURN), n_bootstrap=100)
         dry_forced = step(
             ctx=RunContext("weekly_retrain", "test-dry-run"), dry_run=True, force_promote=True, reason="just looking",
             policy=quick,
@@ -524,7 +534,8 @@ def test_first_retrain_logs_its_run_with_lineage_and_artifacts(retrain_chain, s3
     assert {"holdout_roc_auc", "holdout_pr_auc", "holdout_ece", "holdout_brier", "validation_roc_auc"} <= set(metrics)
     assert round(metrics["holdout_roc_auc"], 4) == first.result["holdout_roc_auc"]
     tags = run.data.tags
-    assert tags["feature_table"] == f"{settings.lake_uri}/{FEATURES_CUSTOMER_DAILY.name}"
+    assert tags["feature_table"] == f"{settings.lake_uri}/churn/{FEATURES_CUSTOMER_DAILY.name}"
+    assert tags["use_case"] == "churn"
     assert tags["feature_table_version"] == str(first.features_version)
     assert tags["ds"] == retrain_chain.ds and tags["dag_id"] == "weekly_retrain" and tags["run_id"] == "test"
     assert set(json.loads(tags["windows"])) == {"train", "validation", "holdout"}
@@ -549,7 +560,8 @@ def test_first_retrain_logs_its_run_with_lineage_and_artifacts(retrain_chain, s3
     decision = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/gate/decision.json")
     assert decision["promote"] is True and [c["name"] for c in decision["checks"]] == ["floors"]
     card = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/model_card.md")
-    assert f"{settings.model_name} v1" in card
+    assert f"{settings.model} v1 (churn)" in card
+    assert f"`{settings.lake_root}/features/customer_daily`" in card
     assert f"Delta version **{first.features_version}**" in card
     assert "**Promoted**" in card
 

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from sluice.core.gate import Decision, GatePolicy, decide, forced
+from sluice.core.usecase import load_use_case
+from sluice.stages.retrain import gate_policy
 
 N = 6000
-POLICY = GatePolicy(n_bootstrap=200)
+# The gate as churn configures it (floors, margin, guarded slices plan and region), fewer resamples.
+POLICY = dataclasses.replace(gate_policy(load_use_case("churn")), n_bootstrap=200)
+
+
+def test_the_policy_is_churns_gate() -> None:
+    assert POLICY.guarded_slices == ("plan", "region")
+    assert dict(POLICY.floors) == {"roc_auc": 0.70, "pr_auc": 0.15}
+    assert (POLICY.primary_metric, POLICY.min_improvement, POLICY.slice_min_rows) == ("roc_auc", 0.002, 300)
+    # The platform's default guards no slice: a use case names its own.
+    assert GatePolicy().guarded_slices == ()
 
 
 def _holdout(seed: int = 0):

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from sluice.ops.embedded import PROJECT_ROOT, LocalAirflow, free_port
+from sluice.orchestration.context import dag_id
 from sluice.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ SCORED_DAYS = (dt.date(2026, 5, 11), dt.date(2026, 5, 12))  # scored, drift-repo
 TRIGGER_DAY = "2026-05-13"  # raw events ingested here; nightly_etl runs it through Airflow
 CUSTOMERS = 2000
 USER = "admin"
+USE_CASE = "churn"  # the Airflow runs churn's five DAGs (SLUICE_USE_CASES)
 
 
 @dataclass(frozen=True)
@@ -47,29 +49,35 @@ class UiStack:
     retrain_day: str = RETRAIN_DAY.isoformat()
     scored_days: tuple[str, ...] = tuple(d.isoformat() for d in SCORED_DAYS)
     trigger_day: str = TRIGGER_DAY
+    use_case: str = USE_CASE
 
     @property
     def base_url(self) -> str:
         return self.airflow.base_url
 
+    def dag_id(self, stage: str) -> str:
+        return dag_id(self.use_case, stage)
+
 
 def fill_lake(settings: Settings) -> None:
     """What the view shows: history, a champion with its decision, scores, drift and performance."""
     from sluice.core.lineage import RunContext
-    from sluice.stages import drift, retrain, score
     from sluice.stages import etl as pipeline
+    from sluice.stages import monitoring, retrain, score
+
+    def run(stage: str) -> RunContext:
+        return RunContext(dag_id(USE_CASE, stage), "ui-test")
 
     pipeline.load_history(settings, HISTORY_START, HISTORY_END)
-    result = retrain.retrain(settings, RETRAIN_DAY, RunContext("weekly_retrain", "ui-test"))
+    result = retrain.retrain(settings, RETRAIN_DAY, run("weekly_retrain"))
     assert result["promoted"], f"the first retraining should promote on the floors: {result}"
     for day in SCORED_DAYS:
         # The scores of D - 30, with the champion, so that D's run can measure them against matured labels.
-        score.score_day(settings, day - dt.timedelta(days=30), RunContext("batch_score", "ui-test"),
-                        use_current_champion=True)
-        score.score_day(settings, day, RunContext("batch_score", "ui-test"))
-        drift.build_drift_report(settings, day, RunContext("drift_report", "ui-test"))
-        drift.record_performance(settings, day, RunContext("drift_report", "ui-test"))
-    pipeline.ingest_day(settings, dt.date.fromisoformat(TRIGGER_DAY), RunContext("ingest_raw", "ui-test"))
+        score.score_day(settings, day - dt.timedelta(days=30), run("batch_score"), use_current_champion=True)
+        score.score_day(settings, day, run("batch_score"))
+        monitoring.build_drift_report(settings, day, run("drift_report"))
+        monitoring.record_performance(settings, day, run("drift_report"))
+    pipeline.ingest_day(settings, dt.date.fromisoformat(TRIGGER_DAY), run("ingest_raw"))
 
 
 def prepare_airflow(airflow: LocalAirflow) -> None:
@@ -87,6 +95,7 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
     passwords_file.chmod(0o600)
     env = {
         "SLUICE_LAKE_URI": (root / "lake").as_uri(),
+        "SLUICE_USE_CASES": USE_CASE,
         "SLUICE_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "SLUICE_SIM_CUSTOMERS": str(CUSTOMERS),
         "SLUICE_CODE_VERSION": "ui-test",

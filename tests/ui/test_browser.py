@@ -1,6 +1,7 @@
 """The Airflow UI in a real browser (Debian's Chromium through Playwright), against a real Airflow.
 
-A person logs in on the login page, triggers ``nightly_etl`` from its trigger form for
+The Airflow runs churn's DAGs. A person logs in on the login page, triggers
+``churn__nightly_etl`` from its trigger form for
 one partition day, waits for the run to succeed, and opens the Sluice view: the
 champion, the last gate decision, the drift chart and a drift report are there, and
 the table freshness shows the day just processed. The trigger form refuses an invalid
@@ -17,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake
-from sluice.tables import FEATURES_CUSTOMER_DAILY
 
 if TYPE_CHECKING:
     from tests.ui.conftest import UiStack
@@ -90,31 +91,33 @@ def test_trigger_nightly_etl_then_read_the_sluice_view(ui_stack: UiStack, page, 
     login(page, stack, artifacts, "01")
     shot(page, artifacts, "02-home")
 
-    # -- trigger nightly_etl for one partition day from the form ----------------------------
-    dialog = open_trigger_form(page, stack, "nightly_etl")
+    # -- trigger churn__nightly_etl for one partition day from the form ----------------------------
+    etl = stack.dag_id("nightly_etl")
+    dialog = open_trigger_form(page, stack, etl)
     dialog.locator("#element_partition_day").fill(stack.trigger_day)
     shot(page, artifacts, "03-trigger-form")
-    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/dags/nightly_etl/dagRuns")) as posted:
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith(f"/dags/{etl}/dagRuns")) as posted:
         dialog.get_by_role("button", name="Trigger").click()
     assert posted.value.status == 200, posted.value.text()
     run = posted.value.json()
     assert run["conf"] == {"partition_day": stack.trigger_day} and run["triggered_by"] == "ui"
-    page.wait_for_url(re.compile(r".*/dags/nightly_etl/runs/.+"))
+    page.wait_for_url(re.compile(rf".*/dags/{etl}/runs/.+"))
     shot(page, artifacts, "04-run-started")
 
     deadline = time.monotonic() + RUN_TIMEOUT
     state = run["state"]
     while time.monotonic() < deadline:
         stack.airflow.check_alive()
-        state = {r["dag_run_id"]: r["state"] for r in dag_runs(page, stack, "nightly_etl")}[run["dag_run_id"]]
+        state = {r["dag_run_id"]: r["state"] for r in dag_runs(page, stack, etl)}[run["dag_run_id"]]
         if state in ("success", "failed"):
             break
         time.sleep(5)
     page.reload()
     page.get_by_text("build_features").first.wait_for()
     shot(page, artifacts, "05-run-finished")
-    assert state == "success", "\n".join([f"nightly_etl {run['dag_run_id']}: {state}", *stack.airflow.retried_tries()])
-    assert Lake(stack.settings).has_partition(FEATURES_CUSTOMER_DAILY, stack.trigger_day), "the run built the day's features"
+    assert state == "success", "\n".join([f"{etl} {run['dag_run_id']}: {state}", *stack.airflow.retried_tries()])
+    features = load_use_case(stack.use_case).tables.features
+    assert Lake(stack.settings).has_partition(features, stack.trigger_day), "the run built the day's features"
 
     # -- the Sluice view, inside the Airflow UI ------------------------------------------------
     sluice_nav(page).click()
@@ -122,6 +125,7 @@ def test_trigger_nightly_etl_then_read_the_sluice_view(ui_stack: UiStack, page, 
     view = page.frame_locator("iframe[title='Sluice']")
     view.locator("#champion-now").wait_for(timeout=180_000)  # the first page may still wait for MLflow
     shot(page, artifacts, "06-sluice-view")
+    assert f"Use case {stack.use_case}: model sluice-{stack.use_case}" in view.locator("body").inner_text()
 
     from sluice.edges.registry import CHAMPION, Registry
 
@@ -148,12 +152,13 @@ def test_trigger_nightly_etl_then_read_the_sluice_view(ui_stack: UiStack, page, 
     view.locator("#drift").scroll_into_view_if_needed()
     shot(page, artifacts, "07-sluice-view-drift")
 
-    features_row = view.locator("#tables tbody tr", has_text="features/customer_daily").inner_text()
-    assert stack.trigger_day in features_row and "nightly_etl" in features_row, "the view shows the day just processed"
+    features_row = view.locator("#tables tbody tr", has_text=features.name).inner_text()
+    assert stack.trigger_day in features_row and etl in features_row, "the view shows the day just processed"
 
     # -- a drift report opens from its link ----------------------------------------------------
     day = stack.scored_days[-1]
-    report_url = f"/sluice/reports/{day}/report.html"
+    # The link names the use case the page shows (?use_case=churn).
+    report_url = f"/sluice/reports/{day}/report.html?use_case={stack.use_case}"
     with (
         page.expect_event("framenavigated", predicate=lambda frame: frame.url.endswith(report_url)) as navigated,
         page.expect_response(lambda r: r.url.endswith(report_url)) as report,
@@ -171,6 +176,10 @@ def test_trigger_nightly_etl_then_read_the_sluice_view(ui_stack: UiStack, page, 
     page.locator("#freshness").wait_for()
     shot(page, artifacts, "09-sluice-page-full", full_page=True)
     for path, status in ((f"/sluice/reports/{day}/report.json", 200), ("/sluice/reports/2026-13-45/report.html", 400),
+                         (f"/sluice/reports/{day}/report.json?use_case={stack.use_case}", 200),
+                         (f"/sluice/?use_case={stack.use_case}", 200),
+                         ("/sluice/?use_case=purchases", 404),  # not a use case of this deployment
+                         (f"/sluice/reports/{day}/report.json?use_case=..%2F..", 404),
                          ("/sluice/reports/..%2F..%2Fraw%2Fevents/report.html", 404),
                          (f"/sluice/reports/{day}/..%2F..%2F..%2Fmodels%2Fdecisions", 404)):
         assert page.context.request.get(stack.base_url + path, timeout=120_000).status == status, path
@@ -181,9 +190,10 @@ def test_the_trigger_form_refuses_an_invalid_partition_day(ui_stack: UiStack, pa
     stack = ui_stack
     name = f"invalid-{re.sub(r'[^a-z0-9]+', '-', bad_day)}"
     login(page, stack, artifacts, name)
-    before = {r["dag_run_id"] for r in dag_runs(page, stack, "nightly_etl")}
+    etl = stack.dag_id("nightly_etl")
+    before = {r["dag_run_id"] for r in dag_runs(page, stack, etl)}
 
-    dialog = open_trigger_form(page, stack, "nightly_etl")
+    dialog = open_trigger_form(page, stack, etl)
     # The date field cannot hold anything but a date; the run's configuration JSON can.
     dialog.get_by_text("Advanced Options").click()
     dialog.locator(".monaco-editor .view-lines").first.click()
@@ -191,7 +201,7 @@ def test_the_trigger_form_refuses_an_invalid_partition_day(ui_stack: UiStack, pa
     page.keyboard.press("Delete")
     page.keyboard.insert_text(f'{{"partition_day": "{bad_day}"}}')
     shot(page, artifacts, f"{name}-1-form")
-    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/dags/nightly_etl/dagRuns")) as posted:
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith(f"/dags/{etl}/dagRuns")) as posted:
         dialog.get_by_role("button", name="Trigger").click()
     assert posted.value.status == 400, posted.value.text()
 
@@ -200,4 +210,4 @@ def test_the_trigger_form_refuses_an_invalid_partition_day(ui_stack: UiStack, pa
     shot(page, artifacts, f"{name}-2-refused")
     assert "is not a 'date'" in message.inner_text()
     assert dialog.is_visible(), "the form stays open, with the person's input, to be corrected"
-    assert {r["dag_run_id"] for r in dag_runs(page, stack, "nightly_etl")} == before, "no run was created"
+    assert {r["dag_run_id"] for r in dag_runs(page, stack, etl)} == before, "no run was created"

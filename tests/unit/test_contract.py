@@ -369,3 +369,40 @@ def test_an_out_of_int64_customer_id_is_quarantined_not_a_crash(helpers, value):
     result = split_by_contract(raw, DAY, UC)
     assert result.failures == {"customer_id: parse_integer": 1}
     assert len(result.valid) == 3
+
+
+# -- a use case without an event id field (purchases): a row's content is its id ------------------
+
+
+def purchase_rows(n: int) -> pd.DataFrame:
+    rows = [
+        {"customer_id": f"C{100_001 + i % 3:06d}", "purchased_at": f"2026-03-01T{i % 24:02d}:15:00Z",
+         "amount": f"{10 + i}.50", "quantity": str(1 + i % 4), "category": "grocery", EXTRA_COLUMN: None}
+        for i in range(n)
+    ]
+    return pd.DataFrame(rows, columns=[*load_use_case("purchases").raw_fields, EXTRA_COLUMN])
+
+
+def test_without_an_id_field_events_get_content_ids_and_copies_are_removed():
+    purchases = load_use_case("purchases")
+    raw = purchase_rows(4)
+    delivered = pd.concat([raw, raw.iloc[[2]]], ignore_index=True)
+    result = split_by_contract(delivered, DAY, purchases)
+    assert (len(result.valid), len(result.quarantined), result.duplicates) == (4, 0, 1)
+    assert result.rows_in == len(delivered)
+    ids = result.valid["event_id"]
+    assert ids.is_unique and ids.str.fullmatch(r"h[0-9a-f]{24}").all()
+    # The id is the content's: the same rows in another order get the same ids.
+    again = split_by_contract(delivered.iloc[::-1], DAY, purchases)
+    pd.testing.assert_frame_equal(again.valid, result.valid)
+
+
+def test_without_an_id_field_a_day_with_no_valid_row_is_quarantined_not_a_crash():
+    purchases = load_use_case("purchases")
+    raw = purchase_rows(3).assign(purchased_at="yesterday")
+    result = split_by_contract(raw, DAY, purchases)
+    assert len(result.valid) == 0 and "event_id" in result.valid.columns
+    assert len(result.quarantined) == 3 and result.invalid_share == 1.0
+    assert result.failures == {"purchased_at: parse_timestamp": 3}
+    empty = split_by_contract(raw.iloc[:0], DAY, purchases)
+    assert (len(empty.valid), len(empty.quarantined), empty.rows_in) == (0, 0, 0)

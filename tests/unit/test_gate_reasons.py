@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from sluice.core.gate import GatePolicy, decide, decimals_apart, improvement_reason
+from sluice.core.gate import GatePolicy, decide, decimals_apart, improvement_reason, metrics
 
 MARGIN = GatePolicy().min_improvement  # 0.002
 NUMBER = r"([+-][0-9]+\.[0-9]+)"
@@ -118,3 +118,25 @@ def test_decide_says_it_with_the_same_numbers() -> None:
     assert check.reason == improvement_reason(
         "roc_auc", check.numbers["difference"], check.numbers["ci_low"], check.numbers["ci_high"], MARGIN, False
     )
+
+
+def test_metrics_report_the_pr_auc_lift_over_the_base_rate() -> None:
+    rng = np.random.default_rng(1)
+    y = (rng.random(1000) < 0.25).astype(int)
+    p = np.clip(0.25 + 0.4 * y + rng.normal(0, 0.2, len(y)), 0, 1)
+    m = metrics(y, p)
+    assert m["pr_auc_lift"] == pytest.approx(m["pr_auc"] / y.mean())
+    assert m["positive_rate"] == pytest.approx(y.mean()) and m["pr_auc_lift"] > 1
+    assert np.isnan(metrics(np.zeros(5, int), np.linspace(0, 1, 5))["pr_auc_lift"])  # one class: unknown
+
+
+def test_a_floor_on_the_pr_auc_lift_is_checked_like_the_others() -> None:
+    rng = np.random.default_rng(2)
+    y = (rng.random(2000) < 0.4).astype(int)
+    weak = np.clip(0.4 + 0.05 * y + rng.normal(0, 0.3, len(y)), 0, 1)
+    floors = {"roc_auc": 0.5, "pr_auc_lift": 1.5}
+    d = decide(y, weak, None, {}, GatePolicy(n_bootstrap=50, floors=floors))
+    (check,) = d.checks
+    assert not d.promote and not check.passed
+    assert check.reason.startswith("below the floor: pr_auc_lift ") and "< 1.5000" in check.reason
+    assert check.numbers["floors"] == floors

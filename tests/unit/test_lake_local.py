@@ -12,16 +12,20 @@ import pyarrow as pa
 import pytest
 
 from sluice.core.lineage import Lineage, RunContext
+from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake, LakeError, TableStatus, check_day
 from sluice.settings import load_settings
-from sluice.tables import ALL_TABLES, CURATED_EVENTS, QUARANTINE_EVENTS, RAW_EVENT_FIELDS, RAW_EVENTS, by_name
+from sluice.tables import MODEL_DECISIONS, PARTITION_COLUMN, RECORD_TABLES, by_name
 
 D1, D2, D3 = "2026-01-01", "2026-01-02", "2026-01-03"
+UC = load_use_case("churn")
+RAW_EVENTS, QUARANTINE_EVENTS, CURATED_EVENTS = UC.tables.raw, UC.tables.quarantine, UC.tables.curated
+RAW_COLUMNS = [c for c in RAW_EVENTS.columns if c != PARTITION_COLUMN]  # the raw fields, then extra_fields
 
 
 def raw_table(ds: str, n: int, tag: str = "a", days: list[str] | None = None) -> pa.Table:
     """``n`` raw rows of ``ds`` whose values carry ``tag`` (to tell writes apart)."""
-    data = {name: [f"{tag}-{name}-{i}" for i in range(n)] for name in RAW_EVENT_FIELDS}
+    data = {name: [f"{tag}-{name}-{i}" for i in range(n)] for name in RAW_COLUMNS}
     data["ds"] = days if days is not None else [ds] * n
     return pa.table(data)
 
@@ -52,16 +56,20 @@ def test_a_new_lake_has_no_tables(lake):
 
 def test_uri_of_a_file_lake_is_a_local_path(tmp_path):
     lake = Lake(load_settings(lake_uri=str(tmp_path / "my lake")))
-    assert lake.uri(RAW_EVENTS) == f"{tmp_path}/my lake/raw/events"
+    # Every table of a use case lives below its own prefix of the lake.
+    assert lake.uri(RAW_EVENTS) == f"{tmp_path}/my lake/churn/raw/events"
+    assert lake.uri(MODEL_DECISIONS) == f"{tmp_path}/my lake/churn/models/decisions"
     s3 = Lake(load_settings(lake_uri="s3://bucket/root"))
-    assert s3.uri(CURATED_EVENTS) == "s3://bucket/root/curated/events"
+    assert s3.uri(CURATED_EVENTS) == "s3://bucket/root/churn/curated/events"
+    other = Lake(load_settings(lake_uri="s3://bucket/root", use_case="purchases"))
+    assert other.uri(load_use_case("purchases").tables.curated) == "s3://bucket/root/purchases/curated/events"
 
 
 def test_write_and_read_in_a_path_with_spaces(tmp_path):
     lake = Lake(load_settings(lake_uri=str(tmp_path / "my lake")))
     assert lake.write_partition(RAW_EVENTS, D1, raw_table(D1, 3), lineage(D1)) == 0
     assert len(rows_of(lake, D1)) == 3
-    assert (tmp_path / "my lake" / "raw" / "events" / "_delta_log").is_dir()
+    assert (tmp_path / "my lake" / "churn" / "raw" / "events" / "_delta_log").is_dir()
 
 
 def test_write_partition_replaces_only_that_partition(lake):
@@ -254,7 +262,8 @@ def test_status_reports_every_table(lake):
     lake.write_partition(RAW_EVENTS, D1, raw_table(D1, 3), lineage(D1))
     lake.write_partition(RAW_EVENTS, D2, raw_table(D2, 5), lineage(D2, rows=5))
     status = {s.table: s for s in lake.status()}
-    assert set(status) == {t.name for t in ALL_TABLES}
+    assert lake.all_tables() == UC.tables.all() + RECORD_TABLES
+    assert list(status) == [t.name for t in lake.all_tables()]
     assert status["raw/events"] == TableStatus(
         table="raw/events",
         version=1,
@@ -268,9 +277,12 @@ def test_status_reports_every_table(lake):
 
 
 def test_by_name_finds_registered_tables():
-    assert by_name("raw/events") is RAW_EVENTS
+    assert by_name("models/decisions") is MODEL_DECISIONS
+    assert by_name("raw/events", UC.tables.all()) is RAW_EVENTS
+    with pytest.raises(KeyError, match="unknown table 'raw/events'"):
+        by_name("raw/events")  # not a record table: a use case's own
     with pytest.raises(KeyError, match="unknown table 'raw/nope'"):
-        by_name("raw/nope")
+        by_name("raw/nope", UC.tables.all())
 
 
 # -- concurrent writers ----------------------------------------------------------------------------
@@ -281,12 +293,13 @@ WRITER = textwrap.dedent(
     import pyarrow as pa
     from sluice.edges.lake import Lake
     from sluice.core.lineage import Lineage
+    from sluice.core.usecase import load_use_case
     from sluice.settings import load_settings
-    from sluice.tables import RAW_EVENTS, RAW_EVENT_FIELDS
 
+    RAW_EVENTS = load_use_case("churn").tables.raw
     lake_uri, ds, n, barrier, writers = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
     lake = Lake(load_settings(lake_uri=lake_uri))
-    data = {f: [f"{ds}-{f}-{i}" for i in range(n)] for f in RAW_EVENT_FIELDS}
+    data = {f: [f"{ds}-{f}-{i}" for i in range(n)] for f in RAW_EVENTS.columns[:-1]}  # all but ds
     data["ds"] = [ds] * n
     table = pa.table(data)
     # A barrier: every writer has imported its modules before any starts writing.

@@ -25,13 +25,17 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError
 
 from sluice.core.lineage import Lineage, RunContext
+from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake, LakeError
-from sluice.edges.sources.simulator import SimulatorSource
 from sluice.settings import Settings
 from sluice.stages import etl as pipeline
-from sluice.tables import ALL_TABLES, PARTITION_COLUMN, RAW_EVENT_FIELDS, RAW_EVENTS, Table
+from sluice.tables import PARTITION_COLUMN, Table
+from usecases.churn.simulator import SimulatorSource
 
 D1, D2, D3 = "2026-01-01", "2026-01-02", "2026-01-03"
+UC = load_use_case("churn")
+RAW_EVENTS = UC.tables.raw
+RAW_COLUMNS = [c for c in RAW_EVENTS.columns if c != PARTITION_COLUMN]  # the raw fields, then extra_fields
 
 
 class Opens:
@@ -89,7 +93,7 @@ def opens(monkeypatch: pytest.MonkeyPatch) -> Opens:
 
 
 def raw_rows(ds: str, n: int, tag: str) -> pa.Table:
-    columns = {name: [f"{tag}-{name}-{i}" for i in range(n)] for name in RAW_EVENT_FIELDS}
+    columns = {name: [f"{tag}-{name}-{i}" for i in range(n)] for name in RAW_COLUMNS}
     columns[PARTITION_COLUMN] = [ds] * n
     return pa.table(columns)
 
@@ -167,7 +171,7 @@ def test_status_opens_each_existing_table_once(settings: Settings, opens: Opens)
     assert {s.table: s.version for s in first if s.version is not None} == {RAW_EVENTS.name: 1}
     assert opens.by_table() == {RAW_EVENTS.name: 1}
     # Missing tables are looked for again every time: another process may create them.
-    assert sum(opens.missing.values()) == 2 * (len(ALL_TABLES) - 1)
+    assert sum(opens.missing.values()) == 2 * (len(lake.all_tables()) - 1)
 
 
 def test_a_pinned_version_is_opened_once_and_stays_that_version(settings: Settings, opens: Opens) -> None:
@@ -213,11 +217,12 @@ OTHER_PROCESS = textwrap.dedent(
     import pyarrow as pa
     from sluice.edges.lake import Lake
     from sluice.core.lineage import Lineage
+    from sluice.core.usecase import load_use_case
     from sluice.settings import load_settings
-    from sluice.tables import RAW_EVENTS, RAW_EVENT_FIELDS
 
+    RAW_EVENTS = load_use_case("churn").tables.raw
     root, ds, n, tag = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    data = {f: [f"{tag}-{f}-{i}" for i in range(n)] for f in RAW_EVENT_FIELDS}
+    data = {f: [f"{tag}-{f}-{i}" for i in range(n)] for f in RAW_EVENTS.columns[:-1]}  # all but ds
     data["ds"] = [ds] * n
     Lake(load_settings(lake_uri=root)).write_partition(
         RAW_EVENTS, ds, pa.table(data), Lineage("unit_test", tag, ds, "unit-test"))

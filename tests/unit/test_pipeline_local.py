@@ -13,17 +13,17 @@ from deltalake import DeltaTable
 
 from sluice.core import features as F
 from sluice.core.contracts import ContractViolation
+from sluice.core.usecase import EXTRA_COLUMN, load_use_case
 from sluice.edges.lake import Lake, LakeError
-from sluice.edges.sources import RAW_SCHEMA, SourceError
-from sluice.edges.sources.simulator import SimulatorSource
+from sluice.edges.sources import SourceError, conform, raw_schema
 from sluice.stages import etl as pipeline
-from sluice.tables import (
-    CURATED_EVENTS,
-    CUSTOMER_STATE,
-    FEATURES_CUSTOMER_DAILY,
-    QUARANTINE_EVENTS,
-    RAW_EVENTS,
-)
+from usecases.churn.simulator import SimulatorSource
+
+UC = load_use_case("churn")
+RAW_SCHEMA = raw_schema(UC)
+RAW_EVENTS, QUARANTINE_EVENTS, CURATED_EVENTS = UC.tables.raw, UC.tables.quarantine, UC.tables.curated
+CUSTOMER_STATE, FEATURES_CUSTOMER_DAILY = UC.tables.state, UC.tables.features
+LABEL = UC.label
 
 DAY = dt.date(2026, 3, 1)
 DS = DAY.isoformat()
@@ -103,7 +103,8 @@ def test_curate_above_the_limit_raises_quarantines_and_leaves_curated_unchanged(
     # The quarantine commit records what it read and what failed.
     lineage = lake.lineage(QUARANTINE_EVENTS)
     assert lineage.inputs == {"raw/events": lake.version(RAW_EVENTS)}
-    assert lineage.extra == {"rows": 15, "failures": {"amount: parse_number": 10, PLAN_CHECK: 5}}
+    assert lineage.extra == {"rows": 15, "failures": {"amount: parse_number": 10, PLAN_CHECK: 5},
+                             "duplicates_removed": 0}
 
 
 def test_curate_at_the_limit_is_still_accepted(tmp_path, ctx, helpers):
@@ -129,7 +130,7 @@ def test_curate_below_the_limit_writes_valid_rows_and_quarantines_the_rest(setti
     summary = pipeline.curate_day(settings, DAY, ctx)
 
     assert summary["rows_in"] == n
-    assert (summary["valid"], summary["quarantined"]) == (n - 3, 3)
+    assert (summary["valid"], summary["quarantined"], summary["duplicates_removed"]) == (n - 3, 3, 0)
     assert summary["invalid_share"] == round(3 / n, 6)
     assert summary["failures"] == {"amount: parse_number": 2, PLAN_CHECK: 1}
     assert lake.partition_rows(CURATED_EVENTS) == {DS: n - 3}
@@ -142,6 +143,34 @@ def test_curate_below_the_limit_writes_valid_rows_and_quarantines_the_rest(setti
         "event_id").to_pylist()
     assert sorted(out_ids) == sorted(raw["event_id"])
     assert lake.lineage(CURATED_EVENTS).inputs == {"raw/events": 0}
+
+
+def test_curate_removes_and_counts_a_redelivery_and_quarantines_a_clashing_id(settings, ctx):
+    """Exact copies of events are a redelivery: removed, counted, not quarantined. An event id
+    delivered again with other content is a defect: quarantined as not unique."""
+    lake = Lake(settings)
+    raw = simulated_raw()
+    n = len(raw)
+    copies = raw.iloc[[0, 1, 1, 5]]
+    clash = raw.iloc[[7]].assign(plan="premium" if raw.iloc[7]["plan"] != "premium" else "basic")
+    delivered = pd.concat([raw, copies, clash], ignore_index=True)
+    pipeline.ingest_day(settings, DAY, ctx, source=StaticSource(pa.Table.from_pandas(delivered, schema=RAW_SCHEMA)))
+
+    summary = pipeline.curate_day(settings, DAY, ctx)
+
+    assert summary["rows_in"] == len(delivered) == n + 5
+    assert (summary["valid"], summary["quarantined"], summary["duplicates_removed"]) == (n, 1, 4)
+    assert summary["valid"] + summary["quarantined"] + summary["duplicates_removed"] == summary["rows_in"]
+    assert summary["failures"] == {"event_id: field_uniqueness": 1}
+    assert summary["invalid_share"] == round(1 / len(delivered), 6)
+    curated = lake.read_partition(CURATED_EVENTS, DS).to_pandas()
+    assert curated["event_id"].is_unique and sorted(curated["event_id"]) == sorted(raw["event_id"])
+    quarantine = lake.read_partition(QUARANTINE_EVENTS, DS).to_pandas()
+    assert quarantine["event_id"].tolist() == [raw.iloc[7]["event_id"]]
+    assert quarantine["failed_checks"].tolist() == ["event_id: field_uniqueness"]
+    # Both commits record how many copies were removed.
+    assert lake.lineage(CURATED_EVENTS).extra == {"rows": n, "duplicates_removed": 4}
+    assert lake.lineage(QUARANTINE_EVENTS).extra["duplicates_removed"] == 4
 
 
 def test_a_clean_rerun_clears_the_quarantine_of_the_day(settings, ctx):
@@ -183,13 +212,32 @@ def test_ingest_writes_the_sources_rows_with_lineage(settings, ctx):
     summary = pipeline.ingest_day(settings, DAY, ctx)
     expected = SimulatorSource.from_settings(settings).raw_day(DAY)
     assert summary == {"table": "raw/events", "ds": DS, "rows": expected.num_rows, "version": 0,
-                       "source": "simulator"}
+                       "source": "simulator", "extra_fields": []}
     stored = lake.read_partition(RAW_EVENTS, DS).drop_columns(["ds"])
     assert stored.sort_by("event_id").equals(expected.sort_by("event_id"))
     lineage = lake.lineage(RAW_EVENTS, 0)
     assert (lineage.dag_id, lineage.run_id, lineage.ds, lineage.code_version) == (
         "unit_test", "manual__unit", DS, "unit-test")
-    assert lineage.extra == {"source": "simulator", "rows": expected.num_rows}
+    assert lineage.extra == {"source": "simulator", "rows": expected.num_rows, "extra_fields": []}
+
+
+def test_ingest_keeps_undeclared_fields_and_reports_them(settings, ctx):
+    raw = simulated_raw().drop(columns=EXTRA_COLUMN)
+    delivered = raw.assign(coupon=["SPRING"] + [None] * (len(raw) - 1), utm_source="newsletter")
+    table = conform(pa.Table.from_pandas(delivered, preserve_index=False), "static", UC)
+
+    summary = pipeline.ingest_day(settings, DAY, ctx, source=StaticSource(table))
+
+    assert summary["extra_fields"] == ["coupon", "utm_source"]
+    lake = Lake(settings)
+    assert lake.lineage(RAW_EVENTS).extra["extra_fields"] == ["coupon", "utm_source"]
+    stored = lake.read_partition(RAW_EVENTS, DS).to_pandas().set_index("event_id")
+    first = raw.iloc[0]["event_id"]
+    assert stored.loc[first, EXTRA_COLUMN] == '{"coupon": "SPRING", "utm_source": "newsletter"}'
+    # Kept in raw, not used: the day curates as without them.
+    curated = pipeline.curate_day(settings, DAY, ctx)
+    assert (curated["valid"], curated["quarantined"]) == (len(raw), 0)
+    assert EXTRA_COLUMN not in lake.read_partition(CURATED_EVENTS, DS).column_names
 
 
 # -- re-runs ---------------------------------------------------------------------------------------
@@ -211,7 +259,7 @@ def test_rerunning_the_last_day_changes_nothing_but_versions(history_copy, ctx, 
     lake = Lake(history_copy.settings)
     day = history_copy.days[-1]
     ds = F.day_str(day)
-    labelled = F.day_str(day - dt.timedelta(days=F.LABEL_HORIZON_DAYS))
+    labelled = F.day_str(day - dt.timedelta(days=UC.horizon))
     before = snapshot(lake, helpers)
 
     helpers.run_day(history_copy.settings, day, ctx)
@@ -256,12 +304,12 @@ def test_rerunning_a_labelled_day_keeps_its_label(history_copy, ctx, helpers):
     day = history_copy.days[3]
     ds = F.day_str(day)
     before = helpers.frame_of(lake, FEATURES_CUSTOMER_DAILY, ds)
-    assert before["label_churn_30d"].notna().all()
+    assert before[LABEL].notna().all()
 
     helpers.run_day(history_copy.settings, day, ctx)
 
     after = helpers.frame_of(lake, FEATURES_CUSTOMER_DAILY, ds)
-    assert after["label_churn_30d"].notna().all()
+    assert after[LABEL].notna().all()
     pd.testing.assert_frame_equal(after, before)
 
 
@@ -297,6 +345,6 @@ def test_every_step_records_its_inputs(history_lake):
     assert state_lineage.inputs == {"curated/events": curated_v, "state/customer_cumulative": state_v - 1}
     features_lineage = lake.lineage(FEATURES_CUSTOMER_DAILY, features_v)
     assert features_lineage.inputs == {"curated/events": curated_v, "state/customer_cumulative": state_v}
-    assert features_lineage.extra["labelled_snapshot"] == F.day_str(history_lake.days[-1 - F.LABEL_HORIZON_DAYS])
+    assert features_lineage.extra["labelled_snapshot"] == F.day_str(history_lake.days[-1 - UC.horizon])
     assert {lin.ds for lin in (state_lineage, features_lineage)} == {ds}
     assert (features_lineage.dag_id, features_lineage.run_id) == ("history", "backfill")

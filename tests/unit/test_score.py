@@ -10,32 +10,34 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sluice.core.features import CATEGORICAL, FEATURE_COLUMNS
 from sluice.core.lineage import RunContext
-from sluice.core.train import CATEGORIES, DEFAULT_PARAMS, FittedModel, model_matrix
+from sluice.core.train import DEFAULT_PARAMS, FittedModel, categories, model_matrix
+from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake
 from sluice.stages import promotions
 from sluice.stages import score as S
 from sluice.stages.score import NoChampion, resolve_model
-from sluice.tables import FEATURES_CUSTOMER_DAILY, PREDICTIONS_CHURN
 
 DS = "2026-02-10"
+UC = load_use_case("churn")
+CATEGORICAL, FEATURE_COLUMNS, CATEGORIES = UC.categorical, UC.feature_columns, categories(UC)
+FEATURES_CUSTOMER_DAILY, PREDICTIONS = UC.tables.features, UC.tables.predictions
 
 
 @pytest.mark.parametrize(
     ("score", "band"), [(0.0, "low"), (0.1999, "low"), (0.2, "medium"), (0.4999, "medium"), (0.5, "high"), (1.0, "high")]
 )
 def test_risk_band_boundaries(score: float, band: str) -> None:
-    assert S.predictions_table(pa.chunked_array([[1]]), np.array([score]), "1", 1, DS)["risk_band"].to_pylist() == [band]
+    assert S.predictions_table(UC, pa.chunked_array([[1]]), np.array([score]), "1", 1, DS)["risk_band"].to_pylist() == [band]
 
 
 def test_a_nan_score_is_low() -> None:
     scores = np.array([np.nan, 0.7])
-    assert S.predictions_table(pa.chunked_array([[1, 2]]), scores, "1", 1, DS)["risk_band"].to_pylist() == ["low", "high"]
+    assert S.predictions_table(UC, pa.chunked_array([[1, 2]]), scores, "1", 1, DS)["risk_band"].to_pylist() == ["low", "high"]
 
 
 def test_predictions_carry_model_and_feature_versions() -> None:
-    table = S.predictions_table(pa.chunked_array([[7, 8, 9]]), np.linspace(0, 1, 3), "5", 42, "2026-02-10")
+    table = S.predictions_table(UC, pa.chunked_array([[7, 8, 9]]), np.linspace(0, 1, 3), "5", 42, "2026-02-10")
     frame = table.to_pandas()
     assert frame["customer_id"].tolist() == [7, 8, 9]
     assert frame["risk_band"].tolist() == ["low", "high", "high"]
@@ -87,7 +89,7 @@ def features_table(rows: int = 400, seed: int = 0) -> pa.Table:
             mask = rng.random(rows) < 0.05
             columns[field.name] = pa.array(numbers if pa.types.is_floating(field.type) else numbers.astype(np.int64),
                                            field.type, mask=mask)
-    columns["label_churn_30d"] = pa.nulls(rows, pa.int8())
+    columns[UC.label] = pa.nulls(rows, pa.int8())
     columns["ds"] = pa.array([DS] * rows, pa.string())
     return pa.table(columns, schema=FEATURES_CUSTOMER_DAILY.schema)
 
@@ -96,19 +98,20 @@ def features_table(rows: int = 400, seed: int = 0) -> pa.Table:
 def tiny_model() -> FittedModel:
     frame = features_table(seed=1).to_pandas()
     label = (frame["days_since_last_event"].fillna(0) + 5 * (frame["plan"] == "basic") > 22).astype(int)
-    params = {**DEFAULT_PARAMS, "min_child_samples": 5, "num_leaves": 7}
-    booster = lgb.train(params, lgb.Dataset(model_matrix(frame), label=label), num_boost_round=20)
-    return FittedModel(booster=booster, params=params, best_iteration=20)
+    # Churn's parameters (the platform's defaults, the spec's model.params) on a smaller tree.
+    params = {**DEFAULT_PARAMS, **UC.spec.model.params, "min_child_samples": 5, "num_leaves": 7}
+    booster = lgb.train(params, lgb.Dataset(model_matrix(frame, UC, CATEGORIES), label=label), num_boost_round=20)
+    return FittedModel(booster=booster, params=params, best_iteration=20, use_case=UC, categories=CATEGORIES)
 
 
 @pytest.mark.parametrize("reloaded", [False, True], ids=["trained", "as-loaded-from-the-registry"])
 def test_arrow_scores_are_bit_identical_to_the_pandas_path(tiny_model: FittedModel, reloaded: bool) -> None:
     model = tiny_model
     if reloaded:  # what the registry hands back: the model file, categories included
-        model = FittedModel.from_booster(lgb.Booster(model_str=tiny_model.booster.model_to_string()))
+        model = FittedModel.from_booster(lgb.Booster(model_str=tiny_model.booster.model_to_string()), UC)
     features = features_table(seed=2)
     expected = model.predict(features.to_pandas())
-    got = S.churn_scores(model, features.select(["customer_id", *FEATURE_COLUMNS]))
+    got = S.model_scores(model, features.select(["customer_id", *FEATURE_COLUMNS]))
     assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
     assert len(np.unique(got)) > 10  # the trees split: the test compares real predictions
 
@@ -117,7 +120,7 @@ def test_feature_matrix_codes_categories_and_nulls_as_lightgbm_does() -> None:
     features = features_table(rows=3).slice(0, 3)
     features = features.set_column(features.schema.get_field_index("plan"), "plan",
                                    pa.array(["premium", "unknown", None], pa.string()))
-    x = S.feature_matrix(features)
+    x = S.feature_matrix(features, UC, CATEGORIES)
     assert x.shape == (3, len(FEATURE_COLUMNS)) and x.dtype == np.float64 and x.flags["F_CONTIGUOUS"]
     plan = x[:, FEATURE_COLUMNS.index("plan")]
     assert plan[0] == CATEGORIES["plan"].index("premium") and np.isnan(plan[1:]).all()
@@ -126,14 +129,14 @@ def test_feature_matrix_codes_categories_and_nulls_as_lightgbm_does() -> None:
 def test_a_model_with_other_categorical_features_is_refused(tiny_model: FittedModel) -> None:
     booster = lgb.Booster(model_str=tiny_model.booster.model_to_string())
     booster.pandas_categorical = booster.pandas_categorical[:2]
-    with pytest.raises(ValueError, match="knows 2 categorical features, the features have 4"):
-        S.churn_scores(FittedModel.from_booster(booster), features_table(rows=5))
+    with pytest.raises(ValueError, match="knows 2 categorical features, churn has 4"):
+        S.model_scores(FittedModel.from_booster(booster, UC), features_table(rows=5))
 
 
 def test_predictions_table_has_the_table_schema_in_one_batch() -> None:
     ids = pa.chunked_array([[7], [8, 9]])
-    table = S.predictions_table(ids, np.array([0.1, 0.3, 0.9]), "5", 42, DS)
-    assert table.schema == PREDICTIONS_CHURN.schema
+    table = S.predictions_table(UC, ids, np.array([0.1, 0.3, 0.9]), "5", 42, DS)
+    assert table.schema == PREDICTIONS.schema
     assert all(column.num_chunks == 1 for column in table.columns)  # delta-rs may reorder batches
     assert table.to_pydict() == {
         "customer_id": [7, 8, 9],
@@ -171,9 +174,9 @@ def test_score_day_writes_what_the_pandas_path_would(settings, tiny_model: Fitte
         "risk_band": np.select([scores >= 0.5, scores >= 0.2], ["high", "medium"], "low"),
         "model_version": "4", "feature_table_version": feature_version, "ds": frame["ds"],
     })
-    written = lake.read_partition(PREDICTIONS_CHURN, DS).to_pandas()
-    pd.testing.assert_frame_equal(written, expected[PREDICTIONS_CHURN.columns], check_exact=True)
-    lineage = lake.lineage(PREDICTIONS_CHURN, result["predictions_version"])
+    written = lake.read_partition(PREDICTIONS, DS).to_pandas()
+    pd.testing.assert_frame_equal(written, expected[PREDICTIONS.columns], check_exact=True)
+    lineage = lake.lineage(PREDICTIONS, result["predictions_version"])
     assert lineage is not None and lineage.inputs == {FEATURES_CUSTOMER_DAILY.name: feature_version}
     assert lineage.extra == {"model_version": "4", "rows": 400}
     counts = expected["risk_band"].value_counts()

@@ -10,7 +10,10 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from sluice.settings import Settings, load_settings
+from sluice.core.usecase import load_use_case, of
+from sluice.settings import Settings, builtin_use_cases, load_settings
+from sluice.stages.etl import max_invalid_share
+from sluice.stages.retrain import warmup_days
 
 
 def test_defaults_without_any_variable(tmp_path, monkeypatch):
@@ -21,9 +24,97 @@ def test_defaults_without_any_variable(tmp_path, monkeypatch):
     assert s.sim_defect_days == []
     assert s.sim_defect_rate == 0.0
     assert s.sim_drift == ""
-    assert s.contract_max_invalid_share == 0.05
-    assert s.landing == f"{s.lake_uri}/landing/events"
+    # Every built-in use case, sorted; the first is the one a process works on.
+    assert s.use_cases == ["churn", "purchases"] == builtin_use_cases()
+    assert (s.use_case, s.use_case_name) == ("churn", "churn")
+    assert s.lake_root == f"{s.lake_uri}/churn"
+    assert s.landing == f"{s.lake_uri}/churn/landing/events"
+    assert (s.model_name, s.experiment_name) == (None, None)
+    assert (s.model, s.experiment) == ("sluice-churn", "sluice-churn")
+    # The use case's spec decides unless the deployment overrides it.
+    assert (s.train_warmup_days, s.train_max_days, s.contract_max_invalid_share) == (None, None, None)
     assert s.storage_options() == {}
+
+
+def test_unset_overrides_take_the_use_cases_values(tmp_path):
+    churn = load_settings(lake_uri=str(tmp_path))
+    purchases = churn.for_use_case("purchases")
+    assert (max_invalid_share(churn, of(churn)), warmup_days(churn, of(churn))) == (0.05, 90)
+    assert of(churn).spec.training.max_days == 60
+    spec = load_use_case("purchases")  # (its own values, whatever they are)
+    assert (max_invalid_share(purchases, of(purchases)), warmup_days(purchases, of(purchases))) == (
+        spec.spec.contract.max_invalid_share, spec.warmup_days)
+
+
+def test_set_overrides_win_over_the_use_cases_values(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLUICE_TRAIN_WARMUP_DAYS", "0")
+    monkeypatch.setenv("SLUICE_TRAIN_MAX_DAYS", "14")
+    monkeypatch.setenv("SLUICE_CONTRACT_MAX_INVALID_SHARE", "0")
+    s = load_settings(lake_uri=str(tmp_path))
+    assert (s.train_warmup_days, s.train_max_days, s.contract_max_invalid_share) == (0, 14, 0.0)
+    uc = of(s)
+    assert (warmup_days(s, uc), max_invalid_share(s, uc)) == (0, 0.0), "an override of 0 is not 'unset'"
+
+
+# -- use cases -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "use_cases", "use_case"),
+    [
+        ("churn", ["churn"], "churn"),
+        ("purchases", ["purchases"], "purchases"),
+        ("purchases,churn", ["purchases", "churn"], "purchases"),  # the order given, the first by default
+        (" churn , purchases ,", ["churn", "purchases"], "churn"),
+        ("", ["churn", "purchases"], "churn"),  # empty: every built-in
+    ],
+)
+def test_use_cases_are_a_comma_separated_list(monkeypatch, tmp_path, value, use_cases, use_case):
+    monkeypatch.setenv("SLUICE_USE_CASES", value)
+    s = load_settings(lake_uri=str(tmp_path))
+    assert (s.use_cases, s.use_case) == (use_cases, use_case)
+    assert s.lake_root == f"{tmp_path.as_uri()}/{use_case}"
+    assert s.model == f"sluice-{use_case}"
+
+
+def test_the_use_case_of_a_process_can_be_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLUICE_USE_CASES", "churn,purchases")
+    monkeypatch.setenv("SLUICE_USE_CASE", "purchases")
+    s = load_settings(lake_uri=str(tmp_path))
+    assert s.use_cases == ["churn", "purchases"] and s.use_case == "purchases"
+    assert (s.lake_root, s.landing) == (f"{tmp_path.as_uri()}/purchases", f"{tmp_path.as_uri()}/purchases/landing/events")
+    assert (s.model, s.experiment) == ("sluice-purchases", "sluice-purchases")
+    assert of(s).name == "purchases"
+
+
+def test_a_use_case_folder_goes_by_its_folders_name(tmp_path):
+    folder = tmp_path / "teams" / "fraud_alerts"
+    for ref in (str(folder), str(folder / "usecase.yaml")):
+        s = load_settings(lake_uri="s3://bucket/lake", use_cases=ref)
+        assert s.use_cases == [ref] and s.use_case == ref
+        assert s.use_case_name == "fraud_alerts"
+        assert s.lake_root == "s3://bucket/lake/fraud_alerts"
+        assert s.model == "sluice-fraud_alerts"
+
+
+def test_model_and_experiment_names_can_be_set(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLUICE_MODEL_NAME", "churn-v2")
+    s = load_settings(lake_uri=str(tmp_path), experiment_name="lab")
+    assert (s.model, s.experiment) == ("churn-v2", "lab")
+    assert Settings(lake_uri=str(tmp_path)).model == "churn-v2"
+
+
+def test_for_use_case_is_the_same_deployment_on_another_use_case(tmp_path):
+    churn = load_settings(lake_uri=str(tmp_path), sim_customers=77, use_cases="churn,purchases")
+    purchases = churn.for_use_case("purchases")
+    assert (purchases.use_case, purchases.lake_root, purchases.model) == (
+        "purchases", f"{tmp_path.as_uri()}/purchases", "sluice-purchases")
+    assert (purchases.lake_uri, purchases.sim_customers, purchases.use_cases) == (
+        churn.lake_uri, 77, ["churn", "purchases"])
+    # The original is unchanged: still churn, its own prefix.
+    assert (churn.use_case, churn.lake_root, churn.model) == ("churn", f"{tmp_path.as_uri()}/churn", "sluice-churn")
+    assert of(purchases).name == "purchases"
+    assert purchases.for_use_case("churn") == churn
 
 
 def test_sluice_home_moves_the_default_lake(tmp_path, monkeypatch):
@@ -78,6 +169,8 @@ def test_typed_values_are_parsed_from_the_environment(monkeypatch):
         ("SLUICE_SIM_CUSTOMERS", "many", "sim_customers"),
         ("SLUICE_SIM_DEFECT_RATE", "1.5", "sim_defect_rate"),
         ("SLUICE_CONTRACT_MAX_INVALID_SHARE", "-0.1", "contract_max_invalid_share"),
+        ("SLUICE_TRAIN_WARMUP_DAYS", "-1", "train_warmup_days"),
+        ("SLUICE_TRAIN_MAX_DAYS", "3", "train_max_days"),
         ("SLUICE_SOURCE", "kafka", "source"),
     ],
 )
@@ -131,7 +224,9 @@ def test_uris_are_kept_without_trailing_slash(value, expected):
 
 def test_landing_defaults_below_the_lake_and_can_be_set(monkeypatch, tmp_path):
     s = load_settings(lake_uri="s3://bucket/lake")
-    assert s.landing == "s3://bucket/lake/landing/events"
+    assert s.landing == "s3://bucket/lake/churn/landing/events"  # below the use case's own prefix
+    assert load_settings(lake_uri="s3://bucket/lake", use_case="purchases").landing == (
+        "s3://bucket/lake/purchases/landing/events")
     monkeypatch.setenv("SLUICE_LANDING_URI", str(tmp_path / "drop"))
     s = load_settings(lake_uri="s3://bucket/lake")
     assert s.landing_uri == (tmp_path / "drop").as_uri()
@@ -208,7 +303,8 @@ def test_importing_the_package_reads_no_settings(tmp_path):
     and it sees the variables as they are when it is called."""
     code = (
         "import os\n"
-        "import sluice.settings, sluice.tables, sluice.core.lineage, sluice.edges.lake, sluice.edges.sources, sluice.edges.storage\n"
+        "import sluice.settings, sluice.tables, sluice.core.lineage, sluice.core.usecase, sluice.edges.lake\n"
+        "import sluice.edges.sources, sluice.edges.storage\n"
         "from pydantic import ValidationError\n"
         "try:\n"
         "    sluice.settings.load_settings()\n"

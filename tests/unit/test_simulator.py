@@ -10,8 +10,10 @@ import pyarrow as pa
 import pytest
 
 from sluice.core.contracts import split_by_contract
-from sluice.edges.sources import RAW_SCHEMA
-from sluice.edges.sources.simulator import (
+from sluice.core.usecase import load_use_case
+from sluice.edges.sources import raw_schema
+from sluice.settings import load_settings
+from usecases.churn.simulator import (
     CHANNELS,
     DEVICES,
     EVENT_TYPES,
@@ -23,9 +25,10 @@ from sluice.edges.sources.simulator import (
     inject_defects,
     parse_drift,
 )
-from sluice.settings import load_settings
 
 DAY = dt.date(2026, 3, 1)
+UC = load_use_case("churn")
+RAW_SCHEMA = raw_schema(UC)
 SWITCH = dt.date(2026, 2, 1)
 
 
@@ -104,7 +107,7 @@ def test_events_of_a_day_are_clean_and_inside_the_day(sim):
 @pytest.mark.parametrize("day", [dt.date(2026, 1, 1), DAY, dt.date(2026, 6, 30)])
 def test_clean_simulated_days_pass_the_contract(sim, day):
     raw = sim.raw_day(day).to_pandas()
-    result = split_by_contract(raw, day)
+    result = split_by_contract(raw, day, UC)
     assert result.failures == {}
     assert len(result.valid) == len(raw)
 
@@ -195,8 +198,8 @@ def test_new_channel_drift_is_data_not_a_contract_defect():
     day = dt.date(2026, 6, 1)
     raw = drifted.raw_day(day).to_pandas()
     assert (raw["channel"] == NEW_CHANNEL).mean() > 0.05  # the drift is there
-    result = split_by_contract(raw, day)
-    assert result.invalid_share <= load_settings().contract_max_invalid_share
+    result = split_by_contract(raw, day, UC)
+    assert result.invalid_share <= UC.spec.contract.max_invalid_share
 
 
 @pytest.mark.parametrize(
@@ -250,6 +253,12 @@ def test_from_settings_maps_every_simulator_setting():
     assert sim.defect_rate == 0.25
     assert sim.defect_days == (dt.date(2026, 1, 3), dt.date(2026, 1, 5))
     assert sim.drift == {"spend_shift": dt.date(2026, 2, 1)}
+    assert sim.use_case.name == "churn"
+    # The factory churn's spec names builds the same simulator.
+    assert UC.spec.simulator is not None
+    built = UC.resolve(UC.spec.simulator.factory)(UC, settings)
+    assert isinstance(built, SimulatorSource) and built == sim and built.use_case is UC
+    assert built.raw_day(DAY).equals(sim.raw_day(DAY))
 
 
 # -- defects ---------------------------------------------------------------------------------------
@@ -260,29 +269,36 @@ def test_inject_defects_spoils_about_rate_of_the_rows(sim, rate):
     clean = sim.raw_day(DAY)
     n = clean.num_rows
     spoiled = inject_defects(clean, rate, _rng(1, 2, 3))
-    result = split_by_contract(spoiled.to_pandas(), DAY)
+    result = split_by_contract(spoiled.to_pandas(), DAY, UC)
     n_bad = round(rate * n)
     assert spoiled.schema == RAW_SCHEMA
-    assert len(result.quarantined) == n_bad  # every spoiled row is caught
     assert n_bad / n == pytest.approx(rate, abs=1 / n)
-    # The share of the delivered rows is a little lower: duplicates add rows.
-    assert result.invalid_share == pytest.approx(rate, rel=0.1)
-    # Duplicates are added rows (a fifth of the defects); the other kinds alter rows in place.
-    assert spoiled.num_rows - n == pytest.approx(n_bad / 5, abs=1)
-    assert result.failures.get("event_id: field_uniqueness") == spoiled.num_rows - n
+    # Duplicates are added rows (a fifth of the defects), exact copies: a redelivery, removed and
+    # counted, not quarantined. The other kinds alter rows in place, and every one is caught.
+    n_dup = spoiled.num_rows - n
+    assert n_dup == pytest.approx(n_bad / 5, abs=1) and n_dup > 0
+    assert result.duplicates == n_dup
+    assert len(result.quarantined) == n_bad - n_dup
+    assert "event_id: field_uniqueness" not in result.failures
+    assert len(result.valid) + len(result.quarantined) + result.duplicates == spoiled.num_rows == result.rows_in
+    assert len(result.valid) == n - (n_bad - n_dup)
+    # The invalid share is of the rows delivered: the four fifths of the defects that alter a row.
+    assert result.invalid_share == pytest.approx((n_bad - n_dup) / spoiled.num_rows)
+    assert result.invalid_share == pytest.approx(rate * 4 / 5, rel=0.15)
 
 
 def test_inject_defects_covers_every_kind(sim):
     spoiled = inject_defects(sim.raw_day(DAY), 0.3, _rng(1, 2, 3))
-    checks = {reason.split("(")[0] for reason in split_by_contract(spoiled.to_pandas(), DAY).failures}
+    result = split_by_contract(spoiled.to_pandas(), DAY, UC)
+    checks = {reason.split("(")[0] for reason in result.failures}
     expected = {
-        "event_id: field_uniqueness",  # duplicate
         "customer_id: not_nullable", "event_id: not_nullable",  # null key
         "amount: parse_number", "event_time: parse_timestamp", "customer_id: parse_integer",  # malformed
         "amount: in_range", "duration_s: in_range", "event_time: greater_than_or_equal_to",  # out of range
         "event_type: isin", "plan: isin", "region: isin",  # bad category
     }
     assert checks == expected
+    assert result.duplicates > 0  # duplicate: removed and counted, not a failed check
 
 
 def test_inject_defects_at_rate_zero_returns_the_table_unchanged(sim):
@@ -296,7 +312,11 @@ def test_defects_only_on_the_defect_days():
     clean = SimulatorSource(n_customers=800, seed=7)
     assert src.raw_day(DAY).equals(clean.raw_day(DAY))
     dirty = src.raw_day(spoiled_day).to_pandas()
-    assert split_by_contract(dirty, spoiled_day).invalid_share == pytest.approx(0.1, abs=0.01)
+    result = split_by_contract(dirty, spoiled_day, UC)
+    # About a tenth of the day's rows spoiled: four fifths altered (quarantined), a fifth copied (removed).
+    delivered = result.rows_in - result.duplicates
+    assert (len(result.quarantined) + result.duplicates) / delivered == pytest.approx(0.1, abs=0.01)
+    assert result.duplicates > 0
     # ... and deterministic too
     assert src.raw_day(spoiled_day).equals(src.raw_day(spoiled_day))
 
@@ -304,7 +324,7 @@ def test_defects_only_on_the_defect_days():
 def test_defects_every_day_when_no_defect_days_are_given():
     src = SimulatorSource(n_customers=800, seed=7, defect_rate=0.1)
     for day in (DAY, DAY + dt.timedelta(days=3)):
-        assert split_by_contract(src.raw_day(day).to_pandas(), day).invalid_share > 0.05
+        assert split_by_contract(src.raw_day(day).to_pandas(), day, UC).invalid_share > 0.05
 
 
 def test_customer_ids_are_numeric_text_and_unique_per_customer(sim):

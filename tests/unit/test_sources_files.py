@@ -12,14 +12,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from sluice.core.contracts import split_by_contract
-from sluice.edges.sources import RAW_SCHEMA, SourceError, conform, make_source
+from sluice.core.usecase import EXTRA_COLUMN, load_use_case
+from sluice.edges.sources import SourceError, conform, make_source, raw_schema
 from sluice.edges.sources.files import FileSource
 from sluice.edges.sources.postgres import PostgresSource
-from sluice.edges.sources.simulator import SimulatorSource
 from sluice.settings import load_settings
-from sluice.tables import RAW_EVENT_FIELDS
+from usecases.churn.simulator import SimulatorSource
 
 DAY = dt.date(2026, 3, 1)
+UC = load_use_case("churn")
+RAW_EVENT_FIELDS = UC.raw_fields  # the fields a landing file has
+RAW_SCHEMA = raw_schema(UC)  # what a source delivers: those as text, then extra_fields
+LANDING_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in RAW_EVENT_FIELDS])
 HEADER = ",".join(RAW_EVENT_FIELDS)
 
 
@@ -56,7 +60,7 @@ def landing(tmp_path: Path) -> Path:
 @pytest.fixture
 def source(landing: Path, tmp_path: Path) -> FileSource:
     settings = load_settings(lake_uri=str(tmp_path / "lake"), landing_uri=str(landing))
-    return FileSource(settings.landing, settings)
+    return FileSource(settings.landing, settings, UC)
 
 
 def day_dir(landing: Path, day: dt.date = DAY) -> Path:
@@ -81,7 +85,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write_parquet(path: Path, rows: list[dict]) -> None:
-    pq.write_table(pa.Table.from_pylist(rows, schema=RAW_SCHEMA), path)
+    pq.write_table(pa.Table.from_pylist(rows, schema=LANDING_SCHEMA), path)
 
 
 def by_id(table: pa.Table) -> dict[str, dict]:
@@ -107,7 +111,7 @@ def test_csv_jsonl_and_parquet_of_the_day_are_all_read_as_text(source, landing):
     assert rows["f-1"]["duration_s"] is None  # an empty CSV cell is null
     assert rows["f-3"]["duration_s"] == "60"
     assert rows["f-5"]["device"] is None
-    assert rows["f-4"] == row(4)
+    assert rows["f-4"] == row(4) | {EXTRA_COLUMN: None}  # no undeclared field
 
 
 def test_typed_values_are_delivered_as_text(source, landing):
@@ -137,8 +141,10 @@ def test_typed_values_are_delivered_as_text(source, landing):
     assert r["duration_s"] is None
     assert r["signup_date"] == "2025-11-30"
     assert r["event_time"].startswith("2026-03-01T10:30:05") and r["event_time"].endswith("Z")
+    # A field the spec does not declare is kept, as JSON, not used.
+    assert json.loads(r[EXTRA_COLUMN]) == {"extra": "ignored"}
     # ... and the text parses back to the same values under the contract.
-    result = split_by_contract(got.to_pandas(), DAY)
+    result = split_by_contract(got.to_pandas(), DAY, UC)
     assert result.failures == {}
     assert result.valid.loc[0, "event_time"] == pd.Timestamp("2026-03-01T10:30:05", tz="UTC")
 
@@ -153,7 +159,7 @@ def test_a_file_missing_a_column_is_refused_naming_it(source, landing, fmt, writ
     write_csv(d / "good.csv", [row(1)])
     rows = [{k: v for k, v in row(2).items() if k != missing}]
     if fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(rows, schema=RAW_SCHEMA.remove(RAW_SCHEMA.get_field_index(missing))),
+        pq.write_table(pa.Table.from_pylist(rows, schema=LANDING_SCHEMA.remove(LANDING_SCHEMA.get_field_index(missing))),
                        d / f"bad.{fmt}")
     elif fmt == "csv":
         write_csv(d / f"bad.{fmt}", rows, [c for c in RAW_EVENT_FIELDS if c != missing])
@@ -201,7 +207,7 @@ def test_a_valid_jsonl_file_passes_the_contract(source, landing):
     write_jsonl(day_dir(landing) / "events.jsonl", [row(1), row(2)])
     got = source.extract(*one_day())
     assert got.to_pylist()[0]["signup_date"] == "2025-11-30"
-    result = split_by_contract(got.to_pandas(), DAY)
+    result = split_by_contract(got.to_pandas(), DAY, UC)
     assert result.failures == {}
     assert len(result.valid) == 2
 
@@ -239,38 +245,60 @@ def test_jsonl_numbers_arrive_as_text(source, landing):
 # -- conform and make_source -----------------------------------------------------------------------
 
 
-def test_conform_orders_columns_and_drops_extras():
-    shuffled = pa.table({**{c: ["x"] for c in reversed(RAW_EVENT_FIELDS)}, "extra": ["y"]})
-    assert conform(shuffled, "test").column_names == RAW_EVENT_FIELDS
+def test_conform_orders_columns_and_keeps_extras_as_json():
+    shuffled = pa.table({**{c: ["x", "z"] for c in reversed(RAW_EVENT_FIELDS)}, "extra": ["y", None], "n": [1, 2]})
+    got = conform(shuffled, "test", UC)
+    assert got.column_names == [*RAW_EVENT_FIELDS, EXTRA_COLUMN]
+    assert got.schema == RAW_SCHEMA
+    # Per row, the undeclared fields that have a value, as text.
+    assert [json.loads(v) for v in got.column(EXTRA_COLUMN).to_pylist()] == [{"extra": "y", "n": "1"}, {"n": "2"}]
+    without = conform(pa.table({c: ["x"] for c in RAW_EVENT_FIELDS}), "test", UC)
+    assert without.column(EXTRA_COLUMN).to_pylist() == [None]
 
 
 def test_conform_names_every_missing_column():
     partial = pa.table({"event_id": ["x"], "amount": ["1"]})
     with pytest.raises(SourceError, match=r"origin-x: missing column\(s\) \['customer_id', 'event_time', "):
-        conform(partial, "origin-x")
+        conform(partial, "origin-x", UC)
+
+
+def test_conform_refuses_a_column_given_twice():
+    names = [*RAW_EVENT_FIELDS, "amount", "plan"]
+    doubled = pa.Table.from_arrays([pa.array(["1"]) for _ in names], names=names)
+    with pytest.raises(SourceError, match=r"origin-y: column\(s\) \['amount', 'plan'\] appear more than once"):
+        conform(doubled, "origin-y", UC)
+
+
+def test_a_csv_with_a_column_twice_is_refused_naming_it(source, landing):
+    path = day_dir(landing) / "twice.csv"
+    write_csv(path, [row(1)], [*RAW_EVENT_FIELDS, "amount"])
+    with pytest.raises(SourceError, match=r"twice\.csv: column\(s\) \['amount'\] appear more than once"):
+        source.extract(*one_day())
 
 
 def test_make_source_builds_the_configured_source(tmp_path):
-    sim = make_source(load_settings(lake_uri=str(tmp_path), sim_customers=50, sim_drift="null_device@2026-02-01"))
+    sim = make_source(load_settings(lake_uri=str(tmp_path), sim_customers=50, sim_drift="null_device@2026-02-01"), UC)
     assert isinstance(sim, SimulatorSource)
     assert (sim.n_customers, sim.drift) == (50, {"null_device": dt.date(2026, 2, 1)})
+    assert sim.use_case is UC
 
-    files = make_source(load_settings(lake_uri=str(tmp_path), source="files"))
+    files = make_source(load_settings(lake_uri=str(tmp_path), source="files"), UC)
     assert isinstance(files, FileSource)
-    assert files.landing_uri == f"{tmp_path.as_uri()}/landing/events"
+    assert files.landing_uri == f"{tmp_path.as_uri()}/churn/landing/events"  # below the use case's prefix
+    assert files.use_case is UC
 
     pg = make_source(load_settings(lake_uri=str(tmp_path), source="postgres",
-                                   source_postgres_dsn="host=db dbname=app"))
+                                   source_postgres_dsn="host=db dbname=app"), UC)
     assert isinstance(pg, PostgresSource)
 
 
 def test_make_source_postgres_needs_a_dsn(tmp_path):
     with pytest.raises(SourceError, match="SLUICE_SOURCE=postgres needs SLUICE_SOURCE_POSTGRES_DSN"):
-        make_source(load_settings(lake_uri=str(tmp_path), source="postgres"))
+        make_source(load_settings(lake_uri=str(tmp_path), source="postgres"), UC)
 
 
 def test_file_source_reads_the_default_landing_below_the_lake(tmp_path):
     settings = load_settings(lake_uri=str(tmp_path / "lake"), source="files")
-    write_csv(day_dir(tmp_path / "lake" / "landing" / "events") / "a.csv", [row(1)])
-    got = make_source(settings).extract(*one_day())
+    write_csv(day_dir(tmp_path / "lake" / "churn" / "landing" / "events") / "a.csv", [row(1)])
+    got = make_source(settings, UC).extract(*one_day())
     assert got.column("event_id").to_pylist() == ["f-1"]

@@ -12,10 +12,14 @@ from sklearn.metrics import roc_auc_score
 
 from sluice.core import features as F
 from sluice.core import train as T
-from sluice.edges.sources.simulator import SimulatorSource
-from sluice.tables import FEATURES_CUSTOMER_DAILY, PARTITION_COLUMN
+from sluice.core.usecase import load_use_case
+from sluice.tables import PARTITION_COLUMN
+from usecases.churn.simulator import SimulatorSource
 
 DS = PARTITION_COLUMN
+UC = load_use_case("churn")
+LABEL = UC.label
+FEATURES_CUSTOMER_DAILY = UC.tables.features
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -28,7 +32,7 @@ def days_frame(n_days: int, rows_per_day: int = 4, start: dt.date = dt.date(2026
         {
             DS: np.repeat(days, rows_per_day),
             "row": np.arange(n_days * rows_per_day),
-            T.LABEL: pd.array(np.tile([0, 1], n_days * rows_per_day // 2 + 1)[: n_days * rows_per_day], dtype="Int8"),
+            LABEL: pd.array(np.tile([0, 1], n_days * rows_per_day // 2 + 1)[: n_days * rows_per_day], dtype="Int8"),
         }
     )
     return frame.sample(frac=1, random_state=seed).reset_index(drop=True)
@@ -42,12 +46,12 @@ def lake_features(history_lake) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def lake_split(lake_features) -> T.Split:
-    return T.time_split(T.matured(lake_features))
+    return T.time_split(T.matured(lake_features, UC))
 
 
 @pytest.fixture(scope="module")
 def fitted(lake_split) -> T.FittedModel:
-    return T.fit(lake_split)
+    return T.fit(lake_split, UC)
 
 
 @pytest.fixture(scope="module")
@@ -64,17 +68,19 @@ def simulated_split() -> T.Split:
     snapshots: dict[dt.date, pd.DataFrame] = {}
     for i in range(45):
         day = start + dt.timedelta(days=i)
-        state = F.advance_state(states.get(day - dt.timedelta(days=1)), F.daily_activity(source.events_for_day(day)), day)
+        activity = F.daily_activity(source.events_for_day(day), UC)
+        state = F.advance_state(states.get(day - dt.timedelta(days=1)), activity, day, UC)
         states[day] = state
-        snapshots[day] = F.features_as_of(state, {w: states.get(day - dt.timedelta(days=w)) for w in F.WINDOWS}, day)
-        labelled = day - dt.timedelta(days=F.LABEL_HORIZON_DAYS)
+        lagged = {w: states.get(day - dt.timedelta(days=w)) for w in UC.windows}
+        snapshots[day] = F.features_as_of(state, lagged, day, UC)
+        labelled = day - dt.timedelta(days=UC.horizon)
         if labelled in snapshots:
-            snapshots[labelled] = F.churn_labels(snapshots[labelled], state, labelled)
-    return T.time_split(T.matured(pd.concat(snapshots.values(), ignore_index=True)))
+            snapshots[labelled] = F.label_snapshot(snapshots[labelled], state, labelled, UC)
+    return T.time_split(T.matured(pd.concat(snapshots.values(), ignore_index=True), UC))
 
 
 def holdout_auc(split: T.Split, model: T.FittedModel) -> float:
-    return float(roc_auc_score(split.holdout[T.LABEL].astype(int), model.predict(split.holdout)))
+    return float(roc_auc_score(split.holdout[LABEL].astype(int), model.predict(split.holdout)))
 
 
 # -- matured -------------------------------------------------------------------------------
@@ -82,32 +88,32 @@ def holdout_auc(split: T.Split, model: T.FittedModel) -> float:
 
 def test_matured_drops_rows_whose_label_is_not_known():
     frame = days_frame(4)
-    frame.loc[frame["row"] % 3 == 0, T.LABEL] = pd.NA
-    out = T.matured(frame)
-    assert out[T.LABEL].notna().all()
-    assert sorted(out["row"]) == sorted(frame.loc[frame[T.LABEL].notna(), "row"])
+    frame.loc[frame["row"] % 3 == 0, LABEL] = pd.NA
+    out = T.matured(frame, UC)
+    assert out[LABEL].notna().all()
+    assert sorted(out["row"]) == sorted(frame.loc[frame[LABEL].notna(), "row"])
 
 
 def test_matured_keeps_only_labels_known_by_as_of():
     frame = days_frame(10)  # 2026-01-01 .. 2026-01-10, every label filled
     # On 2026-02-05 the label of 2026-01-06 has just matured (horizon 30 days), that of 01-07 not yet.
-    out = T.matured(frame, as_of=dt.date(2026, 2, 5))
+    out = T.matured(frame, UC, as_of=dt.date(2026, 2, 5))
     assert sorted(out[DS].unique()) == [f"2026-01-{d:02d}" for d in range(1, 7)]
-    assert len(T.matured(frame, as_of=dt.date(2026, 1, 30))) == 0
-    assert len(T.matured(frame, as_of=dt.date(2026, 3, 1))) == len(frame)
-    assert len(T.matured(frame)) == len(frame)  # no as_of: every filled label
+    assert len(T.matured(frame, UC, as_of=dt.date(2026, 1, 30))) == 0
+    assert len(T.matured(frame, UC, as_of=dt.date(2026, 3, 1))) == len(frame)
+    assert len(T.matured(frame, UC)) == len(frame)  # no as_of: every filled label
 
 
 def test_matured_on_the_lake_respects_as_of(history_lake, lake_features):
     last = history_lake.days[-1]
-    everything = T.matured(lake_features)
-    assert len(everything) and everything[T.LABEL].notna().all()
+    everything = T.matured(lake_features, UC)
+    assert len(everything) and everything[LABEL].notna().all()
     # The pipeline fills a label exactly when it matures: nothing newer than last - 30 is labelled.
-    assert everything[DS].max() == (last - dt.timedelta(days=F.LABEL_HORIZON_DAYS)).isoformat()
-    assert len(T.matured(lake_features, as_of=last)) == len(everything)
+    assert everything[DS].max() == (last - dt.timedelta(days=UC.horizon)).isoformat()
+    assert len(T.matured(lake_features, UC, as_of=last)) == len(everything)
     # Retraining "as of" three days ago must not see the three labels that matured since.
-    earlier = T.matured(lake_features, as_of=last - dt.timedelta(days=3))
-    assert earlier[DS].max() == (last - dt.timedelta(days=F.LABEL_HORIZON_DAYS + 3)).isoformat()
+    earlier = T.matured(lake_features, UC, as_of=last - dt.timedelta(days=3))
+    assert earlier[DS].max() == (last - dt.timedelta(days=UC.horizon + 3)).isoformat()
     assert set(earlier[DS]) == set(everything[DS]) - set(sorted(everything[DS].unique())[-3:])
 
 
@@ -172,31 +178,32 @@ def test_time_split_refuses_an_empty_holdout():
 def test_model_matrix_has_the_fixed_columns_in_a_fixed_order(lake_features):
     rows = lake_features.head(20)
     shuffled = rows[list(reversed(rows.columns))]
-    x = T.model_matrix(shuffled)
-    assert list(x.columns) == F.FEATURE_COLUMNS
-    assert not {"customer_id", T.LABEL, DS} & set(x.columns)
-    pd.testing.assert_frame_equal(x, T.model_matrix(rows))
+    x = T.model_matrix(shuffled, UC)
+    assert list(x.columns) == UC.feature_columns
+    assert not {"customer_id", LABEL, DS} & set(x.columns)
+    pd.testing.assert_frame_equal(x, T.model_matrix(rows, UC))
 
 
 def test_model_matrix_uses_fixed_categories(lake_features):
     rows = lake_features.head(6).copy()
     rows["channel"] = ["partner", "partner", "organic", "partner", "partner", "partner"]
-    x = T.model_matrix(rows)
-    for col in F.CATEGORICAL:
-        assert list(x[col].cat.categories) == T.CATEGORIES[col], col
+    x = T.model_matrix(rows, UC)
+    categories = T.categories(UC)
+    for col in UC.categorical:
+        assert list(x[col].cat.categories) == categories[col], col
     # The code of a value does not depend on which values the frame happens to contain.
     assert x["channel"].cat.codes.tolist() == [4, 4, 0, 4, 4, 4]
-    only_partner = T.model_matrix(rows[rows["channel"] == "partner"])
-    assert set(only_partner["channel"].cat.codes) == {T.CATEGORIES["channel"].index("partner")}
+    only_partner = T.model_matrix(rows[rows["channel"] == "partner"], UC)
+    assert set(only_partner["channel"].cat.codes) == {categories["channel"].index("partner")}
 
 
 def test_model_matrix_turns_an_unseen_category_into_missing(lake_features, fitted):
     rows = lake_features.head(5).copy()
     rows["channel"] = ["tiktok", "organic", "tiktok", None, "referral"]
-    x = T.model_matrix(rows)
+    x = T.model_matrix(rows, UC)
     assert x["channel"].isna().tolist() == [True, False, True, True, False]
     assert "tiktok" not in x["channel"].cat.categories
-    assert list(x["channel"].cat.categories) == T.CATEGORIES["channel"]
+    assert list(x["channel"].cat.categories) == T.categories(UC)["channel"]
     assert rows["channel"].tolist()[0] == "tiktok"  # the input frame is not changed
     # The model scores an unseen channel exactly as a missing one.
     missing = rows.assign(channel=None)
@@ -212,14 +219,18 @@ def test_fit_learns_on_simulator_data(lake_split, fitted):
     assert auc > 0.75, auc
     assert 0 < fitted.best_iteration <= 400
     assert fitted.params["seed"] == T.DEFAULT_PARAMS["seed"] and fitted.params["deterministic"] is True
+    # The platform's defaults with the use case's own parameters on top (churn bags and subsamples).
+    assert {k: fitted.params[k] for k in UC.spec.model.params} == dict(UC.spec.model.params)
+    assert (fitted.params["feature_fraction"], fitted.params["bagging_fraction"], fitted.params["bagging_freq"]) == (
+        0.9, 0.9, 1)
     importance = fitted.feature_importance()
-    assert sorted(importance.index) == sorted(F.FEATURE_COLUMNS) and importance.iloc[0] > 0
+    assert sorted(importance.index) == sorted(UC.feature_columns) and importance.iloc[0] > 0
 
 
 def test_fit_is_deterministic(history_lake, lake_split, fitted):
     # The same data read again from the lake into new frames: the same model.
-    again = T.time_split(T.matured(history_lake.lake.read_table(FEATURES_CUSTOMER_DAILY).to_pandas()))
-    refit = T.fit(again)
+    again = T.time_split(T.matured(history_lake.lake.read_table(FEATURES_CUSTOMER_DAILY).to_pandas(), UC))
+    refit = T.fit(again, UC)
     assert refit.best_iteration == fitted.best_iteration
     np.testing.assert_array_equal(refit.predict(lake_split.holdout), fitted.predict(lake_split.holdout))
     np.testing.assert_array_equal(refit.predict(lake_split.train), fitted.predict(lake_split.train))
@@ -227,28 +238,28 @@ def test_fit_is_deterministic(history_lake, lake_split, fitted):
 
 def test_from_booster_round_trips_through_the_model_string(lake_split, fitted):
     loaded = lgb.Booster(model_str=fitted.booster.model_to_string())
-    model = T.FittedModel.from_booster(loaded)
+    model = T.FittedModel.from_booster(loaded, UC)
     for part in (lake_split.holdout, lake_split.validation, lake_split.train):
         np.testing.assert_array_equal(model.predict(part), fitted.predict(part))
     # The string keeps the trees up to the best iteration only (what MLflow stores too).
     assert loaded.current_iteration() == fitted.best_iteration
-    assert model.feature_names == F.FEATURE_COLUMNS
+    assert model.feature_names == UC.feature_columns
 
 
 def test_from_booster_recovers_the_best_iteration(fitted):
-    model = T.FittedModel.from_booster(lgb.Booster(model_str=fitted.booster.model_to_string()))
+    model = T.FittedModel.from_booster(lgb.Booster(model_str=fitted.booster.model_to_string()), UC)
     assert model.best_iteration == fitted.best_iteration
 
 
 def test_a_model_trained_on_shuffled_labels_knows_nothing(simulated_split):
     split = simulated_split
-    real = holdout_auc(split, T.fit(split))
+    real = holdout_auc(split, T.fit(split, UC))
     shuffled_aucs = []
     for seed in range(10):
         rng = np.random.default_rng(seed)
-        train = split.train.assign(**{T.LABEL: rng.permutation(split.train[T.LABEL].to_numpy())})
-        validation = split.validation.assign(**{T.LABEL: rng.permutation(split.validation[T.LABEL].to_numpy())})
-        model = T.fit(T.Split(train=train, validation=validation, holdout=split.holdout))
+        train = split.train.assign(**{LABEL: rng.permutation(split.train[LABEL].to_numpy())})
+        validation = split.validation.assign(**{LABEL: rng.permutation(split.validation[LABEL].to_numpy())})
+        model = T.fit(T.Split(train=train, validation=validation, holdout=split.holdout), UC)
         shuffled_aucs.append(holdout_auc(split, model))
     # One noise model can by chance rank by an informative feature (either way round);
     # on average over permutations it knows nothing, and never comes close to the real one.
@@ -264,21 +275,21 @@ def _days(start: str, n: int) -> list[str]:
 
 def test_training_days_skip_the_warm_up_and_unmatured_labels() -> None:
     days = _days("2026-01-01", 200)  # the lake's whole history, 2026-01-01 .. 2026-07-19
-    picked = T.training_days(days, dt.date(2026, 6, 1), warmup_days=90, max_days=1000)
+    picked = T.training_days(days, dt.date(2026, 6, 1), horizon=UC.horizon, warmup_days=90, max_days=1000)
     assert picked[0] == "2026-04-01", "the first 90 days' windows are not full yet"
     assert picked[-1] == "2026-05-02", "labels of later snapshots are not known on 06-01"
 
 
 def test_training_days_are_a_rolling_window_of_the_latest_days() -> None:
     days = _days("2026-01-01", 200)
-    picked = T.training_days(days, dt.date(2026, 7, 20), warmup_days=90, max_days=60)
+    picked = T.training_days(days, dt.date(2026, 7, 20), horizon=UC.horizon, warmup_days=90, max_days=60)
     assert len(picked) == 60 and picked[-1] == "2026-06-20"
     assert picked == sorted(picked)
 
 
 def test_training_days_before_the_warm_up_ends_are_none() -> None:
-    assert T.training_days(_days("2026-01-01", 100), dt.date(2026, 4, 10), warmup_days=90) == []
-    assert T.training_days([], dt.date(2026, 4, 10)) == []
+    assert T.training_days(_days("2026-01-01", 100), dt.date(2026, 4, 10), horizon=30, warmup_days=90) == []
+    assert T.training_days([], dt.date(2026, 4, 10), horizon=30, warmup_days=0) == []
 
 
 def test_the_training_frame_does_not_depend_on_the_order_partitions_were_written(history_lake, tmp_path):

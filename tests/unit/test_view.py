@@ -19,11 +19,18 @@ import pytest
 
 from sluice.core import gate
 from sluice.core.lineage import RunContext
+from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake
+from sluice.edges.storage import put_object, report_uri
 from sluice.settings import Settings, load_settings
-from sluice.stages import drift, promotions
-from sluice.tables import ALL_TABLES, MODEL_DECISIONS, PARTITION_COLUMN, PERFORMANCE_HISTORY, RAW_EVENTS
+from sluice.stages import promotions
+from sluice.stages.monitoring.drift import history_row
+from sluice.stages.monitoring.report import DriftSummary
+from sluice.tables import DRIFT_HISTORY, MODEL_DECISIONS, PARTITION_COLUMN, PERFORMANCE_HISTORY, RECORD_TABLES
 from sluice.ui import view
+
+UC = load_use_case("churn")
+RAW_EVENTS = UC.tables.raw
 
 PLUGIN_FILE = Path(__file__).resolve().parents[2] / "plugins" / "sluice_view.py"
 HOSTILE = '<script>alert("x")</script>'
@@ -37,7 +44,7 @@ def _decision(ds: str, run_id: str, *, version: str, champion: str | None, reaso
     challenger = np.clip(y * 0.6 + rng.random(600) * 0.4, 0, 1)
     incumbent = None if champion is None else np.clip(y * 0.3 + rng.random(600) * 0.7, 0, 1)
     slices = {"plan": np.array(["basic", "premium"] * 300), "region": np.array(["eu"] * 600)}
-    policy = gate.GatePolicy(n_bootstrap=50)
+    policy = gate.GatePolicy(n_bootstrap=50, guarded_slices=("plan", "region"))  # churn's guarded slices
     decision = gate.decide(y, challenger, incumbent, slices, policy, challenger=version, champion=champion)
     record = json.loads(decision.to_json())
     record["reasons"] = [r + reason_suffix for r in record["reasons"]]
@@ -62,14 +69,14 @@ def _write_records(settings: Settings) -> None:
                                 ctx=RunContext("weekly_retrain", first["run_id"]), decision_ds="2026-02-08")
     promotions.record_promotion(lake, "2026-02-20", "3", "1", forced=True, reason=f"manual: {HOSTILE}",
                                 ctx=RunContext("sluice-cli", "promote-3-abc"))
-    summary = drift.DriftSummary(share=0.5, drifted_columns=["spend_7d", "sessions_7d"], prediction_drifted=True,
-                                 n_columns=4, scores={}, missing_drifted=[])
-    calm = drift.DriftSummary(share=0.0, drifted_columns=[], prediction_drifted=False, n_columns=4, scores={},
-                              missing_drifted=[])
+    summary = DriftSummary(share=0.5, drifted_columns=["spend_7d", "sessions_7d"], prediction_drifted=True,
+                           n_columns=4, scores={}, missing_drifted=[])
+    calm = DriftSummary(share=0.0, drifted_columns=[], prediction_drifted=False, n_columns=4, scores={},
+                        missing_drifted=[])
     for ds, s in (("2026-02-17", calm), ("2026-02-16", summary)):
-        row = drift.history_row(ds, s, rows=300, reference_rows=200, model_version="1", reference_feature_version=3,
-                                report_uri=drift.report_uri(settings, ds), threshold=0.3)
-        lake.write_partition(drift.DRIFT_HISTORY, ds, pa.Table.from_pylist([row], schema=drift.DRIFT_HISTORY.schema),
+        row = history_row(ds, s, rows=300, reference_rows=200, model_version="1", reference_feature_version=3,
+                          report_uri=report_uri(settings, ds), threshold=0.3)
+        lake.write_partition(DRIFT_HISTORY, ds, pa.Table.from_pylist([row], schema=DRIFT_HISTORY.schema),
                              RunContext("drift_report", f"r{ds}").lineage(ds, {}))
     perf = {"model_version": "1", "roc_auc": 0.81, "pr_auc": 0.42, "rows": 250, "positive_rate": 0.1,
             "evaluated_on": "2026-03-18", "alert": False, PARTITION_COLUMN: "2026-02-16"}
@@ -99,8 +106,8 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         settings = _isolated_settings(tmp_path_factory.mktemp("view"))
         _write_records(settings)
         for ds in ("2026-02-16", "2026-02-17"):
-            drift.put_object(settings, drift.report_uri(settings, ds), f"<html><title>report {ds}</title></html>".encode())
-            drift.put_object(settings, drift.report_uri(settings, ds, "report.json"), b'{"ds": "%s"}' % ds.encode())
+            put_object(settings, report_uri(settings, ds), f"<html><title>report {ds}</title></html>".encode())
+            put_object(settings, report_uri(settings, ds, "report.json"), b'{"ds": "%s"}' % ds.encode())
     return settings
 
 
@@ -109,7 +116,8 @@ def test_freshness_lists_every_table_with_its_latest_partition(settings, ctx, he
     for day in helpers.day_range(helpers.DAY, 2):
         helpers.run_day(settings, day, ctx)
     tables = {t["table"]: t for t in view.freshness(settings)}
-    assert list(tables) == [t.name for t in ALL_TABLES]
+    # The use case's own tables, then the record tables every use case has.
+    assert list(tables) == [t.name for t in (*UC.tables.all(), *RECORD_TABLES)]
     raw = tables[RAW_EVENTS.name]
     rows = Lake(settings).partition_rows(RAW_EVENTS)
     assert raw["latest_partition"] == "2026-03-02" and raw["partitions"] == 2
@@ -133,6 +141,24 @@ def test_an_empty_lake_gives_empty_sections(view_settings) -> None:
     assert not Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).exists()
     page = view.render_page(data)
     assert "No champion yet" in page and "No drift report yet" in page and "No gate decision yet" in page
+
+
+def test_each_use_case_is_shown_on_its_own_and_the_switch_lists_them_all(recorded) -> None:
+    data = view.overview(recorded)
+    assert (data["use_case"], data["model_name"], data["lake_uri"]) == ("churn", "sluice-churn", recorded.lake_root)
+    assert data["use_cases"] == [
+        {"name": "churn", "href": "?use_case=churn", "current": True},
+        {"name": "purchases", "href": "?use_case=purchases", "current": False},
+    ]
+    other = view.for_use_case(recorded, "purchases")
+    assert (other.use_case_name, other.lake_root) == ("purchases", f"{recorded.lake_uri}/purchases")
+    assert view.for_use_case(recorded, None) is recorded
+    # Churn's records are churn's: the other use case's page has none of them.
+    purchases = view.overview(other)
+    assert purchases["decisions"]["data"] == [] and purchases["drift"]["data"]["days"] == []
+    assert purchases["champion"]["data"]["history"] == [] and purchases["model_name"] == "sluice-purchases"
+    with pytest.raises(view.UnknownUseCase, match="'fraud' is not a use case of this deployment"):
+        view.for_use_case(recorded, "fraud")
 
 
 def test_decisions_newest_first_with_every_check_its_numbers_and_reasons(recorded) -> None:
@@ -168,7 +194,7 @@ def test_drift_and_performance_histories_are_oldest_first_with_report_links(reco
     assert [(d["ds"], d["drift_share"], d["alert"]) for d in history["days"]] == [
         ("2026-02-16", 0.5, True), ("2026-02-17", 0.0, False)]
     assert history["days"][0]["drifted_columns"] == ["spend_7d", "sessions_7d"]
-    assert history["days"][0]["report"] == "reports/2026-02-16/report.html"
+    assert history["days"][0]["report"] == "reports/2026-02-16/report.html?use_case=churn"  # this use case's
     perf = view.performance_history(recorded)
     assert perf["roc_auc_floor"] == 0.7 and [(p["ds"], p["roc_auc"]) for p in perf["days"]] == [("2026-02-16", 0.81)]
 
@@ -192,7 +218,7 @@ def test_the_page_escapes_every_value(recorded) -> None:
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
     assert "<script" not in page.lower(), "the page runs no script at all"
     assert page.count('class="report-link"') == 2
-    assert '<a href="reports/2026-02-16/report.html" class="point-link">' in page
+    assert '<a href="reports/2026-02-16/report.html?use_case=churn" class="point-link">' in page
     assert 'id="drift-chart"' in page and 'id="performance-chart"' in page
     assert 'id="decision-2026-02-08-scheduled__2026-02-09T00-00-00-00-00"' in page
 
@@ -242,7 +268,7 @@ def test_read_report_refuses_anything_but_a_day(settings, ds: str) -> None:
 
 @pytest.mark.parametrize("name", ["../report.html", "report.parquet", "_delta_log", "..", "report.html/..", ""])
 def test_read_report_serves_only_the_report_files(settings, name: str) -> None:
-    drift.put_object(settings, drift.report_uri(settings, "2026-02-16"), b"<html>r</html>")
+    put_object(settings, report_uri(settings, "2026-02-16"), b"<html>r</html>")
     with pytest.raises(view.ReportNotFound):
         view.read_report(settings, "2026-02-16", name)
 
@@ -250,7 +276,7 @@ def test_read_report_serves_only_the_report_files(settings, name: str) -> None:
 def test_read_report_does_not_follow_a_link_out_of_the_reports(settings, tmp_path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("secret")
-    folder = Path(drift.report_uri(settings, "2026-02-16").removeprefix("file://")).parent
+    folder = Path(report_uri(settings, "2026-02-16").removeprefix("file://")).parent
     folder.mkdir(parents=True)
     (folder / "report.html").symlink_to(secret)
     with pytest.raises(view.ReportNotFound, match="outside"):
@@ -361,6 +387,17 @@ def test_a_viewer_sees_the_page_and_the_data(client) -> None:
     data = viewer.get("/api/overview").json()
     assert [d["ds"] for d in data["drift"]["data"]["days"]] == ["2026-02-16", "2026-02-17"]
     assert viewer.get("/icon.svg").headers["content-type"] == "image/svg+xml"
+
+
+def test_a_viewer_switches_use_case_with_the_query(client) -> None:
+    viewer = _as(client, "viewer")
+    churn = viewer.get("/api/overview").json()
+    assert churn["use_case"] == "churn" and [d["ds"] for d in churn["decisions"]["data"]] == ["2026-02-15", "2026-02-08"]
+    other = viewer.get("/api/overview?use_case=purchases").json()
+    assert other["use_case"] == "purchases" and other["decisions"]["data"] == []
+    assert viewer.get("/reports/2026-02-16/report.html?use_case=purchases").status_code == 404
+    unknown = viewer.get("/?use_case=fraud")
+    assert unknown.status_code == 404 and unknown.json() == {"detail": "No such use case"}
 
 
 def test_a_viewer_opens_a_days_report_from_the_object_store(client) -> None:

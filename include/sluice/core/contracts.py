@@ -115,6 +115,8 @@ def parse_events(raw: pd.DataFrame, uc: UseCase) -> tuple[pd.DataFrame, pd.DataF
 
 def content_ids(raw: pd.DataFrame, columns: list[str]) -> pd.Series:
     """An id from a row's content, for events without an id field: copies share it, nothing else does."""
+    if raw.empty:  # (agg over no rows gives a frame, not a series)
+        return pd.Series(index=raw.index, dtype=object)
     joined = raw[columns].astype(object).where(raw[columns].notna(), "\x00").astype(str).agg("\x1f".join, axis=1)
     return joined.map(lambda text: "h" + hashlib.blake2b(text.encode(), digest_size=12).hexdigest())
 

@@ -214,7 +214,7 @@ def features_from_history(events: pd.DataFrame, day: dt.date, uc: UseCase) -> pd
                 values = win["_kind"].isin(counter.count).astype(np.int64)
             else:
                 assert counter.sum is not None
-                mask = win["_kind"].isin(counter.kinds) if counter.kinds is not None else True
+                mask = win["_kind"].isin(counter.kinds) if counter.kinds is not None else pd.Series(True, win.index)
                 scale = 10**counter.decimals
                 raw = win[counter.sum].astype("float64").fillna(0)
                 values = (raw * scale if scale != 1 else raw).round().where(mask, 0).astype(np.int64)

@@ -48,7 +48,7 @@ _TIME_WORDS = {"time", "date", "at", "ts", "timestamp", "datetime", "when", "day
 _ENTITY_WORDS = {"customer", "user", "account", "client", "member", "device", "subscriber", "player", "visitor",
                  "patient", "tenant", "owner", "household", "company", "org", "organisation", "organization",
                  "merchant", "shop", "store", "person", "profile", "entity"}
-_ID_WORDS = {"id", "uuid", "guid", "key", "no", "number"}
+_ID_WORDS = {"id", "uid", "uuid", "guid", "key", "no", "number"}
 _KIND_WORDS = {"type", "kind", "event", "action", "activity", "verb", "operation"}
 
 
@@ -115,9 +115,8 @@ def _as_text(sample: pd.DataFrame) -> list[_Column]:
     out = []
     for name in sample.columns:
         col = sample[name]
-        values = col[col.notna()]
-        values = values.map(lambda v: v if isinstance(v, str) else str(v)).astype(object).str.strip()
-        values = values[values != ""]
+        # As the contract will see them: not stripped ("" and " 12" are values, and fail a number).
+        values = col[col.notna()].map(lambda v: v if isinstance(v, str) else str(v)).astype(object)
         out.append(_Column(str(name), values, len(sample)))
     return out
 
@@ -208,7 +207,8 @@ def _guess_id(columns: list[_Column], taken: set[str]) -> _Column | None:
         if c.name in taken or not c.identifier or (c.name in RESERVED and c.name != "event_id"):
             continue
         unique = c.nulls == 0 and c.distinct == c.rows and c.rows > 1
-        if unique and _id_word(c.words) and c.all_match(_EVENT_ID):
+        id_like = _id_word(c.words) or any("id" in w for w in c.words)  # event_id, uid, txid, eventId
+        if unique and id_like and c.all_match(_EVENT_ID):
             scored.append((("event" in c.words or c.words == ["id"], c.name == "event_id"), c))
     return _pick(scored)
 
@@ -499,7 +499,7 @@ def render_yaml(spec: Mapping[str, Any], sample_name: str, notes: Mapping[str, S
         f"Use case {name!s}: scaffolded by `sluice usecase new` from {sample_name}.",
         "Every key below was GUESSED from that sample: read it through, fix what is wrong, then run",
         f"  sluice usecase check <this folder> --sample {sample_name}",
-        "Reference: include/usecases/churn/usecase.yaml; `sluice usecase show churn` prints what a spec means.",
+        "Reference: the built-in specs in include/usecases/ (`sluice usecase list`); `sluice usecase show NAME` prints what a spec means.",
     ])
     for key, value in spec.items():
         out.append("")

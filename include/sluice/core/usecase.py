@@ -69,8 +69,9 @@ class FieldSpec(_Spec):
             raise ValueError(f"min/max apply to integer and number fields, not {self.type}")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is above max {self.max}")
-        if (self.values is not None or self.pattern is not None) and self.type not in ("string", "category"):
-            raise ValueError(f"values/pattern apply to string and category fields, not {self.type}")
+        texts = self.values is not None or self.known is not None or self.pattern is not None
+        if texts and self.type not in ("string", "category"):
+            raise ValueError(f"values/known/pattern apply to string and category fields, not {self.type}")
         if self.not_after_day and self.type not in ("date", "timestamp"):
             raise ValueError("not_after_day applies to date and timestamp fields")
         if self.pattern is not None:
@@ -99,12 +100,30 @@ class EntitySpec(_Spec):
             raise ValueError(f"{value!r} is not a lower-case identifier")
         return value
 
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a regular expression: {exc}") from exc
+        return value
+
 
 class EventsSpec(_Spec):
     id: str | None = Field(default=None, description="Unique event id field; none: the row's content is its id.")
     time: str
     kind: str | None = Field(default=None, description="The field that says what kind an event is.")
     kinds: tuple[str, ...] = ("event",)
+
+    @field_validator("kinds")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({k for k in value if value.count(k) > 1})
+        if repeated:
+            raise ValueError(f"{repeated} appear more than once")
+        return value
 
     @model_validator(mode="after")
     def _kinds(self) -> EventsSpec:
@@ -126,6 +145,13 @@ class CounterSpec(_Spec):
     sum: str | None = Field(default=None, description="Sum this numeric field ...")
     kinds: tuple[str, ...] | None = Field(default=None, description="... over events of these kinds (all if unset).")
     decimals: int = Field(default=0, ge=0, le=6, description="Kept exactly as an integer of 10^-decimals units.")
+
+    @field_validator("count", "kinds")
+    @classmethod
+    def _some(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:
+            raise ValueError("name at least one kind")
+        return value
 
     @model_validator(mode="after")
     def _one_of(self) -> CounterSpec:
@@ -182,6 +208,13 @@ class LabelSpec(_Spec):
     kinds: tuple[str, ...] | None = Field(default=None, description="Events of these kinds (any if unset).")
     horizon_days: int = Field(ge=1, le=730)
     description: str = ""
+
+    @field_validator("kinds")
+    @classmethod
+    def _some(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:
+            raise ValueError("name at least one kind, or leave kinds out for any event")
+        return value
 
 
 class ModelSpec(_Spec):
@@ -277,6 +310,24 @@ class UseCaseSpec(_Spec):
     @model_validator(mode="after")
     def _references(self) -> UseCaseSpec:  # noqa: C901 - one pass over the cross-references
         errors: list[str] = []
+        platform = {PARTITION_COLUMN, "first_event_date", "last_event_date", "last_label_event_date", EXTRA_COLUMN}
+        taken: dict[str, str] = {}
+        for where, name in (("entity.key", self.entity.key), ("events.id", self.events.id),
+                            ("events.time", self.events.time), ("events.kind", self.events.kind)):
+            if name is None:
+                continue
+            if not _IDENT.match(name):
+                errors.append(f"{where}: {name!r} is not an identifier (letters, digits, _)")
+            elif name in platform or (name == "event_id" and where != "events.id"):
+                errors.append(f"{where}: {name!r} is a name the platform uses ({sorted(platform)}, and event_id "
+                              "but as events.id)")
+            elif name in taken:
+                errors.append(f"{where}: {name!r} is already {taken[name]}")
+            taken.setdefault(name, where)
+        if self.entity.type == "integer" and self.entity.pattern is not None:
+            errors.append("entity.pattern: applies to a string key (an integer key has min)")
+        if self.entity.type == "string" and self.entity.min is not None:
+            errors.append("entity.min: applies to an integer key (a string key has pattern)")
         reserved = {self.entity.key, self.events.time, self.events.id, self.events.kind, PARTITION_COLUMN,
                     "event_id", "first_event_date", "last_event_date", "last_label_event_date", EXTRA_COLUMN} - {None}
         for name in self.fields:
@@ -303,33 +354,34 @@ class UseCaseSpec(_Spec):
                     errors.append(f"counters.{name}.sum: {counter.sum!r} is not a numeric field")
         seen: set[str] = set()
         for i, feat in enumerate(self.features):
-            where = f"features[{i}] ({feat.name})"
+            where, named = f"features[{i}]", f" ({feat.name})"
             for col, _ in feat.expanded():
                 if not _IDENT.match(col) or col in seen or col in (self.entity.key, self.label.name, PARTITION_COLUMN):
-                    errors.append(f"{where}: {col!r} is not a new identifier")
+                    errors.append(f"{where}.name{named}: {col!r} is not a new identifier")
             if feat.window is not None and feat.window != ACTIVE_DAYS and feat.window not in self.counters:
-                errors.append(f"{where}.window: unknown counter {feat.window!r} (counters: {sorted(self.counters)}, "
-                              f"or {ACTIVE_DAYS})")
+                errors.append(f"{where}.window{named}: unknown counter {feat.window!r} "
+                              f"(counters: {sorted(self.counters)}, or {ACTIVE_DAYS})")
             if feat.ratio is not None:
                 for operand in feat.ratio:
                     if operand not in seen:
-                        errors.append(f"{where}.ratio: {operand!r} is not a feature defined before it")
+                        errors.append(f"{where}.ratio{named}: {operand!r} is not a feature defined before it")
             if feat.tenure is not None and feat.tenure != "first_event":
                 f = self.fields.get(feat.tenure)
                 if f is None or f.type != "date":
-                    errors.append(f"{where}.tenure: {feat.tenure!r} is neither a date field nor first_event")
+                    errors.append(f"{where}.tenure{named}: {feat.tenure!r} is neither a date field nor first_event")
             if feat.latest is not None:
                 f = self.fields.get(feat.latest)
                 if f is None or f.type not in ("category", "string"):
-                    errors.append(f"{where}.latest: {feat.latest!r} is not a category field")
+                    errors.append(f"{where}.latest{named}: {feat.latest!r} is not a category field")
             seen.update(col for col, _ in feat.expanded())
         if self.feature_hook is not None:
             for col in self.feature_hook.columns:
                 if col in seen or not _IDENT.match(col):
                     errors.append(f"feature_hook.columns.{col}: not a new identifier")
         check_kinds("label.kinds", self.label.kinds)
-        if not _IDENT.match(self.label.name) or self.label.name in self.fields:
-            errors.append(f"label.name: {self.label.name!r} is not a new identifier")
+        if not _IDENT.match(self.label.name) or self.label.name in self.fields or self.label.name in reserved:
+            errors.append(f"label.name: {self.label.name!r} is not a new identifier (a field, the key, the event "
+                          "time, kind or id, or a name the platform uses)")
         if self.gate.guarded_slices != "all":
             latest = {f.name for f in self.features if f.latest is not None}
             for s in self.gate.guarded_slices:
@@ -581,7 +633,7 @@ class UseCase:
             checks.append("nullable" if f.nullable else "not null")
             fields.append({"field": name, "type": f.type, "checks": ", ".join(checks)})
         lab = self.spec.label
-        kinds = "any event" if lab.kinds is None else "an event of " + "/".join(lab.kinds)
+        kinds = "event" if lab.kinds is None else "event of kind " + "/".join(lab.kinds)
         return {
             "name": self.name,
             "description": self.spec.description,
@@ -590,7 +642,7 @@ class UseCase:
             "features": [{"name": f.name, "type": f.dtype} for f in self.features],
             "population": f"{self.spec.entity.name}s with an event in the {self.spec.population.active_within_days} "
                           "days up to the day",
-            "label": f"{lab.name} = 1 when {'no' if lab.when == 'no_event' else 'there is'} {kinds} "
+            "label": f"{lab.name} = 1 when there is {'no' if lab.when == 'no_event' else 'an'} {kinds} "
                      f"in the {lab.horizon_days} days after the day",
             "publish": self.spec.publish.model_dump(),
         }

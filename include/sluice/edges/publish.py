@@ -13,6 +13,8 @@ from typing import Literal
 
 import pandas as pd
 
+from sluice.core.usecase import UseCase
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,13 @@ class Target:
     @property
     def columns(self) -> list[str]:
         return ["ds", self.key, "score", "risk_band", "model_version"]
+
+    @classmethod
+    def for_use_case(cls, uc: UseCase) -> Target:
+        """The targets the use case's spec names, keyed by its entity."""
+        spec = uc.spec.publish
+        return cls(postgres_table=spec.postgres_table, redis_prefix=spec.redis_prefix, key=uc.key,
+                   key_type=uc.spec.entity.type, redis_ttl_seconds=spec.redis_ttl_days * 24 * 3600)
 
 
 def publish_postgres(dsn: str, scores: pd.DataFrame, target: Target) -> int:

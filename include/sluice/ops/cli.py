@@ -94,7 +94,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from sluice.core import usecase
     from sluice.ops.embedded import LocalAirflow, free_port
-    from sluice.orchestration.context import dag_id as stage_dag_id
+    from sluice.orchestration.names import dag_id as stage_dag_id
     from sluice.settings import load_settings
     from sluice.stages import etl as pipeline
     from sluice.stages.retrain import warmup_days
@@ -130,8 +130,13 @@ def _demo(args: argparse.Namespace) -> int:
     def dag_id(stage: str) -> str:
         return stage_dag_id(uc.name, stage)
 
-    start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
     history_start = dt.date.fromisoformat(args.history_start)
+    # By default the Airflow part starts once a model can be trained: after the warm-up, the
+    # label horizon and two weeks of matured snapshots, for 17 days.
+    default_start = history_start + dt.timedelta(days=warmup_days(settings, uc) + uc.horizon + 14)
+    args.start = args.start or default_start.isoformat()
+    args.end = args.end or (dt.date.fromisoformat(args.start) + dt.timedelta(days=16)).isoformat()
+    start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
     if history_start < start:
         # Features need their longest window behind them and labels a horizon ahead: a new deployment
         # loads those months once, in one process, before its first scheduled day.
@@ -233,6 +238,26 @@ def _load_history(args: argparse.Namespace) -> int:
     pipeline.load_history(
         settings, dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end), progress=progress
     )
+    return 0
+
+
+def _land(args: argparse.Namespace) -> int:
+    """Split events files by day into the use case's landing prefix (for SLUICE_SOURCE=files)."""
+    from sluice.core import usecase
+    from sluice.edges.sources import SourceError
+    from sluice.edges.sources.files import land_file
+
+    settings = _settings(args)
+    uc = usecase.of(settings)
+    for path in args.files:
+        try:
+            days = land_file(path, settings, uc)
+        except SourceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        first, last = (min(days), max(days)) if days else ("-", "-")
+        print(f"{path}: {sum(days.values()):,} events of {len(days)} days ({first} .. {last}) landed under "
+              f"{settings.landing}/ds=.../")
     return 0
 
 
@@ -356,6 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     history.add_argument("--use-case", help="the use case (name or folder); default: SLUICE_USE_CASE or the first")
     history.set_defaults(func=_load_history)
 
+    land = sub.add_parser(
+        "land", help="split events files (csv, jsonl, parquet) by day into the use case's landing prefix"
+    )
+    land.add_argument("files", nargs="+", help="files of events, any days")
+    land.add_argument("--use-case", help="the use case (name or folder); default: SLUICE_USE_CASE or the first")
+    land.set_defaults(func=_land)
+
     status = sub.add_parser("status", help="what is in the lake: tables, versions, latest partition, rows")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--use-case", help="the use case (name or folder); default: SLUICE_USE_CASE or the first")
@@ -367,9 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--history-start", default="2026-01-01", help="first day of the history loaded in-process before --start"
     )
-    demo.add_argument("--start", default="2026-05-15", help="first day run through Airflow")
+    demo.add_argument(
+        "--start", help="first day run through Airflow (default: when the use case can first train)"
+    )
     demo.add_argument("--retrain-weeks", type=int, default=2, help="retrain the last N weeks that can (0: all)")
-    demo.add_argument("--end", default="2026-05-31")
+    demo.add_argument("--end", help="last day run through Airflow (default: 16 days after --start)")
     demo.add_argument(
         "--drift", default="", help="simulated drift, e.g. spend_shift@2026-05-27 (see SLUICE_SIM_DRIFT)"
     )

@@ -1,13 +1,21 @@
-"""An embedded Airflow for `make demo` and the end-to-end tests.
+"""An embedded Airflow for `make demo`, `sluice serve` and the end-to-end tests.
 
 Starts the API server, scheduler and DAG processor as ``airflow`` subprocesses on
 one machine (SQLite metadata DB, LocalExecutor), with everything under one
 ``AIRFLOW_HOME`` inside the project. It only runs the ``airflow`` CLI, so it works
 against whatever Airflow the virtualenv holds; nothing here imports Airflow.
+
+Each component runs in its own session (a Ctrl-C in the terminal reaches only this
+process, which then stops them in order). While components run, SIGTERM and SIGHUP
+are turned into the same way out as Ctrl-C (:class:`Interrupted`, a
+``KeyboardInterrupt``), so that a process manager or ``kill`` stopping this process
+also stops everything it started; :meth:`LocalAirflow.stop` is never cut short by a
+second signal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +25,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,6 +33,8 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +116,74 @@ def wait_for_finished_runs(
     raise TimeoutError(f"{dag_id}: runs not finished after {timeout}s: {states}")
 
 
+# Signals that stop the embedded Airflow like a Ctrl-C does (SIGINT raises KeyboardInterrupt already).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived while the embedded Airflow ran: leave the way a Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def terminate(procs: Iterable[subprocess.Popen], timeout: float) -> None:
+    """Stop processes that were started as session leaders, and everything under them.
+
+    SIGTERM to each one's process group; a leader still running after ``timeout`` gets
+    SIGKILL with its group. Descendants are found with psutil before anything is
+    signalled, so that one that left the group, or was re-parented to init when its
+    parent exited, is still found: once the leaders are gone, it gets SIGTERM, and
+    whatever still runs 10 s later SIGKILL.
+    """
+    procs = [p for p in procs if p.poll() is None]
+    tree: list[psutil.Process] = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree += psutil.Process(proc.pid).children(recursive=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d still running %.0fs after SIGTERM: killing its process group", proc.pid, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # What is left: processes outside the groups (SIGTERM now), and group members still
+    # exiting; both get 10 s, then SIGKILL.
+    groups = {proc.pid for proc in procs}
+    alive = [child for child in tree if _running(child)]
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            if os.getpgid(child.pid) not in groups:
+                log.warning("pid %d (%s) outlived its Airflow component: stopping it", child.pid, _name(child))
+                child.terminate()
+    _gone, alive = psutil.wait_procs(alive, timeout=10)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie (a zombie is gone; only its parent's wait() is missing)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())[:120] or proc.name()
+    except psutil.Error:
+        return "?"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,6 +203,9 @@ class LocalAirflow:
     # of them (a demo and a test run) never collide on the default 8793.
     log_server_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # Handlers of STOP_SIGNALS that start() replaced (restored by stop()); True while stop() runs.
+    _saved_handlers: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
+    _stopping: bool = field(default=False, init=False, repr=False)
 
     @property
     def bin_dir(self) -> Path:
@@ -201,17 +283,29 @@ class LocalAirflow:
 
     # -- processes -------------------------------------------------------------------
     def start(self, components: Iterable[str] = COMPONENTS) -> None:
+        """Start the components, each in its own session.
+
+        From now on SIGTERM and SIGHUP raise :class:`Interrupted` (a ``KeyboardInterrupt``) in
+        the main thread, so that the caller's ``finally: airflow.stop()`` (or ``with airflow:``)
+        runs as it does for a Ctrl-C; :meth:`stop` restores the earlier handlers. Interrupted
+        while starting, it stops what it has started before it lets the interrupt through.
+        """
+        self._install_signal_handlers()
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = self.env()
-        for name in components:
-            args = [str(self.bin_dir / "airflow"), name]
-            if name == "api-server":
-                args += ["--port", str(self.port), "--host", "127.0.0.1"]
-            out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
-            self.processes[name] = subprocess.Popen(
-                args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        try:
+            for name in components:
+                args = [str(self.bin_dir / "airflow"), name]
+                if name == "api-server":
+                    args += ["--port", str(self.port), "--host", "127.0.0.1"]
+                with open(logs / f"{name}.log", "ab") as out:  # the child keeps its own copy
+                    self.processes[name] = subprocess.Popen(
+                        args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+        except KeyboardInterrupt:
+            self.stop()
+            raise
         (self.home / "pids.json").write_text(json.dumps({k: p.pid for k, p in self.processes.items()}))
 
     def check_alive(self) -> None:
@@ -245,30 +339,63 @@ class LocalAirflow:
         raise TimeoutError(f"DAGs {sorted(wanted - found)} not parsed after {timeout}s")
 
     def stop_component(self, name: str) -> None:
-        proc = self.processes.pop(name)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        terminate([self.processes[name]], timeout=60)
+        del self.processes[name]  # only once it is stopped: an interrupted stop leaves it to stop()
 
     def serialize_dags(self) -> None:
         """Write the DAGs to the metadata DB now, without waiting for the DAG processor."""
         self.cli("dags", "reserialize")
 
     def stop(self) -> None:
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self.processes.clear()
+        """Stop every component this object started (and what they started); restore the signal handlers.
+
+        A SIGINT, SIGTERM or SIGHUP meanwhile is logged and ignored: stopping is under way,
+        and cutting it short would leave components running.
+        """
+        self._stopping = True
+        shield = self._shield_signals()
+        try:
+            terminate(list(self.processes.values()), timeout=30)
+            self.processes.clear()
+        finally:
+            self._stopping = False
+            self._restore_signal_handlers(shield)
+
+    # -- signals ---------------------------------------------------------------------
+    @staticmethod
+    def _in_main_thread() -> bool:
+        return threading.current_thread() is threading.main_thread()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self._stopping:
+            log.warning("%s ignored: the embedded Airflow is stopping", signal.Signals(signum).name)
+            return
+        raise Interrupted(signum)
+
+    def _install_signal_handlers(self) -> None:
+        if not self._in_main_thread():  # only the main thread may set handlers (and it gets the signals)
+            return
+        for signum in STOP_SIGNALS:
+            if signum not in self._saved_handlers:  # start() again (after a backfill): keep the originals
+                self._saved_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _shield_signals(self) -> dict[int, Any]:
+        """While stop() runs: SIGINT too only logs (a second Ctrl-C must not cut the stop short)."""
+        if not self._in_main_thread():
+            return {}
+        shield: dict[int, Any] = {}
+        for signum in (signal.SIGINT, *STOP_SIGNALS):
+            previous = signal.signal(signum, self._on_signal)
+            if signum not in self._saved_handlers:
+                shield[signum] = previous
+        return shield
+
+    def _restore_signal_handlers(self, shield: Mapping[int, Any]) -> None:
+        if not self._in_main_thread():
+            return
+        for signum, handler in {**shield, **self._saved_handlers}.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._saved_handlers.clear()
 
     def __enter__(self) -> LocalAirflow:
         return self

@@ -805,9 +805,24 @@ class Cluster:
         answered = {name for reply in replies for name in reply}
         return answered >= set(self.worker_names())
 
+    def use_cases(self) -> list[str]:
+        """The names of the use cases the twin's Airflow runs: ``SLUICE_USE_CASES`` as compose sets it
+        (``${SLUICE_USE_CASES:-churn}``: the shell, .env or ``--set`` choose others)."""
+        from sluice.settings import builtin_use_cases, use_case_name
+
+        raw = self.service_env("airflow-dag-processor").get("SLUICE_USE_CASES", "")
+        refs = [part.strip() for part in raw.split(",") if part.strip()] or builtin_use_cases()
+        return [use_case_name(ref) for ref in refs]
+
+    def dag_ids(self) -> list[str]:
+        """Every DAG the DAG processor should serialize: the five stages of each use case."""
+        from sluice.orchestration.context import STAGES, dag_id
+
+        return sorted(dag_id(name, stage) for name in self.use_cases() for stage in STAGES)
+
     def wait_for_dags(self, timeout: float = 300) -> list[str]:
-        """Wait until the DAG processor has serialized every DAG of the project."""
-        wanted = {p.stem for p in (self.project / "dags").glob("*.py") if not p.name.startswith("_")}
+        """Wait until the DAG processor has serialized every DAG of the deployment's use cases."""
+        wanted = set(self.dag_ids())
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()

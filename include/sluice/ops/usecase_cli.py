@@ -105,26 +105,28 @@ def _first_line(text: str, width: int = 90) -> str:
 # -- list -----------------------------------------------------------------------------------
 def _list(args: argparse.Namespace) -> int:
     from sluice.core.usecase import UseCaseError, builtin_names, load_use_case
-    from sluice.settings import Settings
+    from sluice.settings import Settings, use_case_name
 
     try:
         deployed_refs = list(Settings().use_cases)
     except ValueError as exc:  # a malformed SLUICE_* variable
         return _error(f"error: settings: {exc}")
+    builtins = builtin_names()
     entries: dict[str, dict[str, Any]] = {}
-    for ref in [*builtin_names(), *deployed_refs]:
+    for ref in [*builtins, *deployed_refs]:
         try:
             uc = load_use_case(ref)
         except UseCaseError as exc:
-            entries.setdefault(ref, {"name": ref, "folder": None, "description": "", "error": str(exc),
-                                     "builtin": ref in builtin_names(), "deployed": False})
-            if ref in deployed_refs:
-                entries[ref]["deployed"] = True
+            folder = Path(ref).resolve() if Path(ref).exists() else None
+            entries.setdefault(ref, {"name": use_case_name(ref), "folder": str(folder) if folder else None,
+                                     "description": "", "error": str(exc), "builtin": ref in builtins,
+                                     "deployed": False})
+            entries[ref]["deployed"] = entries[ref]["deployed"] or ref in deployed_refs
             continue
         where = str(uc.folder)
         entry = entries.setdefault(where, {"name": uc.name, "folder": where,
                                            "description": _first_line(uc.spec.description, 10**6),
-                                           "error": None, "builtin": ref in builtin_names(), "deployed": False})
+                                           "error": None, "builtin": ref in builtins, "deployed": False})
         entry["deployed"] = entry["deployed"] or ref in deployed_refs
     listed = list(entries.values())
     if args.json:
@@ -338,9 +340,9 @@ def _new(args: argparse.Namespace) -> int:
     print("next steps:")
     print(f"  1. edit {spec_file}: the label (what is predicted), then every guessed check (ranges, values)")
     print(f"  2. sluice usecase check {q(str(folder))} --sample {q(args.sample)}")
-    print(f"  3. SLUICE_USE_CASES={q(str(folder))} SLUICE_SOURCE=files SLUICE_LANDING_URI=<landing prefix> "
-          f"sluice load-history --from {first} --to {last}")
-    print("     (landing files go under <landing prefix>/ds=YYYY-MM-DD/*.csv|jsonl|parquet)")
+    env = f"SLUICE_USE_CASES={q(str(folder))} SLUICE_SOURCE=files"
+    print(f"  3. {env} sluice land {q(args.sample)}   (files of history, split by day into the landing prefix)")
+    print(f"  4. {env} sluice load-history --from {first} --to {last}")
     return 0
 
 

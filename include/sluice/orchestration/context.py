@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import CronDataIntervalTimetable, Param
 
 from sluice.core.lineage import RunContext
+from sluice.orchestration.names import STAGES, asset_name, dag_id, early_retrain_run_id, tags
+
+__all__ = ["STAGES", "asset_name", "dag_id", "early_retrain_run_id", "tags"]  # re-exported for the DAG files
 
 if TYPE_CHECKING:
     from sluice.settings import Settings
@@ -35,16 +38,6 @@ SCORES_POSTGRES = "sluice_scores_postgres"
 SCORES_REDIS = "sluice_scores_redis"
 ALERT_WEBHOOK = "sluice_alert_webhook"
 
-STAGES = ("ingest_raw", "nightly_etl", "weekly_retrain", "batch_score", "drift_report")
-
-
-def dag_id(use_case: str, stage: str) -> str:
-    """The id of a use case's DAG for a stage, e.g. ``<use case>__batch_score``: every use case has its own."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
-    return f"{use_case}__{stage}"
-
-
 def deployed_use_cases() -> list[tuple[str, str]]:
     """(reference, name) of every use case this deployment runs (``SLUICE_USE_CASES``), at parse time.
 
@@ -53,15 +46,6 @@ def deployed_use_cases() -> list[tuple[str, str]]:
     from sluice.settings import Settings, use_case_name
 
     return [(ref, use_case_name(ref)) for ref in Settings().use_cases]
-
-
-def asset_name(use_case: str, table: str) -> str:
-    """The Airflow Asset that marks an update of a use case's table (a role, or a record table's name)."""
-    return f"sluice.{use_case}." + table.replace("/", ".")
-
-
-def tags(use_case: str, *more: str) -> list[str]:
-    return ["sluice", f"use_case:{use_case}", *more]
 
 
 def daily() -> CronDataIntervalTimetable:
@@ -136,11 +120,6 @@ ROLES = ("raw", "quarantine", "curated", "state", "features", "predictions")
 
 
 UNFINISHED = ("queued", "running")
-
-
-def early_retrain_run_id(ds: str) -> str:
-    """The run id of the weekly_retrain run drift_report triggers for day ``ds`` (one per day)."""
-    return f"early_retrain__{ds}"
 
 
 def retrain_runs_taking_effect_on(day: dt.date) -> tuple[list[dt.datetime], list[str]]:
@@ -223,10 +202,7 @@ def publish_scores(use_case: str, kind: str, conn_id: str, ds: str) -> int:
     conn = connection_or_skip(conn_id)
     settings = runtime_settings(use_case)
     uc = usecase.of(settings)
-    target = publish.Target(
-        postgres_table=uc.spec.publish.postgres_table, redis_prefix=uc.spec.publish.redis_prefix, key=uc.key,
-        key_type=uc.spec.entity.type, redis_ttl_seconds=uc.spec.publish.redis_ttl_days * 24 * 3600,
-    )
+    target = publish.Target.for_use_case(uc)
     scores = Lake(settings).read_partition(uc.tables.predictions, ds).to_pandas()
     if kind == "postgres":
         return publish.publish_postgres(libpq_dsn(conn), scores, target)

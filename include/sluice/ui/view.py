@@ -199,9 +199,8 @@ def report_path(ds: str, name: str = "report.html", use_case: str | None = None)
 
 def drift_history(settings: Settings, lake: Lake | None = None) -> dict[str, Any]:
     """The drift share of every reported day, oldest first, with a link to its report."""
-    from sluice.stages.monitoring import load_policy
 
-    policy = load_policy()
+    policy = settings.drift
     lake = lake or Lake(settings)
     rows = sorted(lake.read_table(DRIFT_HISTORY).to_pylist(), key=lambda r: r[PARTITION_COLUMN]) if lake.exists(DRIFT_HISTORY) else []
     days = []
@@ -215,9 +214,8 @@ def drift_history(settings: Settings, lake: Lake | None = None) -> dict[str, Any
 
 def performance_history(settings: Settings, lake: Lake | None = None) -> dict[str, Any]:
     """Realised ROC-AUC / PR-AUC of every scored day whose labels matured, oldest first."""
-    from sluice.stages.monitoring import load_policy
 
-    policy = load_policy()
+    policy = settings.drift
     lake = lake or Lake(settings)
     rows = (
         sorted(lake.read_table(PERFORMANCE_HISTORY).to_pylist(), key=lambda r: r[PARTITION_COLUMN])

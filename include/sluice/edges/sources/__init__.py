@@ -35,7 +35,7 @@ def raw_schema(uc: UseCase) -> pa.Schema:
     return pa.schema([pa.field(n, pa.string()) for n in [*uc.raw_fields, EXTRA_COLUMN]])
 
 
-def _as_text(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+def as_text(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     if pa.types.is_timestamp(col.type):
         # In UTC whatever the zone it came in (strftime formats local time); %S carries
         # the fraction; the suffix marks UTC explicitly.
@@ -63,17 +63,17 @@ def conform(table: pa.Table, origin: str, uc: UseCase) -> pa.Table:
     missing = [name for name in fields if name not in names]
     if missing:
         raise SourceError(f"{origin}: missing column(s) {missing}; {uc.name} expects {fields}")
-    columns = [_as_text(table.column(name)) for name in fields]
+    columns = [as_text(table.column(name)) for name in fields]
     extras = [n for n in names if n not in fields and n != EXTRA_COLUMN]
     if extras:
-        texts = {n: _as_text(table.column(n)).to_pylist() for n in extras}
+        texts = {n: as_text(table.column(n)).to_pylist() for n in extras}
         packed = [
             json.dumps({n: texts[n][i] for n in extras if texts[n][i] is not None}, sort_keys=True)
             for i in range(table.num_rows)
         ]
         columns.append(pa.array(packed, pa.string()))
     elif EXTRA_COLUMN in names:
-        columns.append(_as_text(table.column(EXTRA_COLUMN)))
+        columns.append(as_text(table.column(EXTRA_COLUMN)))
     else:
         columns.append(pa.nulls(table.num_rows, pa.string()))
     return pa.Table.from_arrays(columns, schema=raw_schema(uc))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from sluice.core.usecase import UseCase
-from sluice.edges.sources import SourceError, conform, raw_schema
+from sluice.edges.sources import SourceError, as_text, conform, raw_schema
 from sluice.edges.storage import filesystem
 from sluice.settings import Settings
 
@@ -53,14 +54,19 @@ class FileSource:
     def _read(self, fs: pafs.FileSystem, path: str) -> pa.Table:
         with fs.open_input_file(path) as f:
             if path.endswith(".csv"):
-                return pacsv.read_csv(
-                    f,
-                    convert_options=pacsv.ConvertOptions(
-                        column_types={c: pa.string() for c in self.use_case.raw_fields},
+                data = f.read()
+
+                def options(names: list[str]) -> pacsv.ConvertOptions:
+                    return pacsv.ConvertOptions(
+                        column_types={c: pa.string() for c in names},
                         strings_can_be_null=True,
                         null_values=[""],  # an empty field is null; "NA" or "null" stay text for the contract
-                    ),
-                )
+                    )
+
+                # Every column as text, undeclared ones too: they are kept in extra_fields as
+                # delivered ("007" stays "007", not the number 7). The header comes from the first block.
+                header = pacsv.open_csv(pa.BufferReader(data), convert_options=options(self.use_case.raw_fields))
+                return pacsv.read_csv(pa.BufferReader(data), convert_options=options(header.schema.names))
             if path.endswith((".jsonl", ".json")):
                 return _read_json_lines(f.read())
             return pq.read_table(f)
@@ -78,3 +84,46 @@ class FileSource:
                     raise SourceError(f"cannot read landing file {path}: {exc}") from exc
             day += dt.timedelta(days=1)
         return pa.concat_tables(tables) if tables else raw_schema(self.use_case).empty_table()
+
+
+def read_file(path: str, settings: Settings, uc: UseCase) -> pa.Table:
+    """One events file (csv, jsonl/json, parquet) as delivered, declared fields as text."""
+    fs, inner = filesystem(settings, path if "://" in path else Path(path).resolve().as_uri())
+    if not inner.endswith(SUFFIXES):
+        raise SourceError(f"{path}: not a .csv, .jsonl, .json or .parquet file")
+    try:
+        return FileSource("", settings, uc)._read(fs, inner)
+    except (pa.ArrowInvalid, OSError, ValueError) as exc:
+        raise SourceError(f"cannot read {path}: {exc}") from exc
+
+
+def land_file(path: str, settings: Settings, uc: UseCase) -> dict[str, int]:
+    """Split an events file by the UTC day of its event time into the landing prefix.
+
+    Writes ``<landing>/ds=D/<file name>.csv`` for every day D in the file (replacing a
+    file of the same name: landing the same file twice changes nothing) and returns the
+    rows per day. Rows whose event time does not parse are refused with the count.
+    What a team does once with a file of history, before ``sluice load-history``.
+    """
+    import pandas as pd
+
+    delivered = read_file(path, settings, uc)
+    conform(delivered, path, uc)  # refuses a missing or doubled column, naming the file
+    table = pa.table({n: as_text(delivered.column(n)) for n in delivered.column_names})
+    when = pd.to_datetime(pd.Series(table.column(uc.event_time).to_pylist()), errors="coerce", utc=True,
+                          format="ISO8601")
+    if when.isna().any():
+        bad = int(when.isna().sum())
+        raise SourceError(f"{path}: {bad} row(s) have an {uc.event_time} that is not an ISO 8601 time; "
+                          "nothing landed")
+    days = when.dt.strftime("%Y-%m-%d").to_numpy()
+    name = path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".csv"
+    out: dict[str, int] = {}
+    for day in sorted(set(days)):
+        rows = table.filter(pa.array(days == day))
+        fs, base = filesystem(settings, f"{settings.landing}/ds={day}")
+        fs.create_dir(base, recursive=True)
+        with fs.open_output_stream(f"{base}/{name}") as stream:
+            pacsv.write_csv(rows, stream)
+        out[day] = rows.num_rows
+    return out

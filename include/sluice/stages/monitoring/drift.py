@@ -22,7 +22,7 @@ from sluice.edges.lake import Lake, check_day
 from sluice.edges.storage import put_object, report_uri
 from sluice.settings import Settings
 from sluice.stages.monitoring.current import current_sample
-from sluice.stages.monitoring.policy import DriftPolicy, load_policy
+from sluice.stages.monitoring.policy import DriftPolicy
 from sluice.stages.monitoring.reference import ReferenceSpec, scored_reference
 from sluice.stages.monitoring.report import DriftSummary, run_report
 from sluice.tables import DRIFT_HISTORY, PARTITION_COLUMN
@@ -65,7 +65,7 @@ def build_drift_report(
     from sluice.edges.registry import Registry
 
     uc = usecase.of(settings)
-    policy = policy or load_policy()
+    policy = policy or settings.drift
     lake = Lake(settings)
     ds = day.isoformat()
     current = current_sample(lake, uc, ds, policy.drift_current_rows, policy.drift_seed)

@@ -19,7 +19,7 @@ import pyarrow as pa
 from sluice.core.lineage import RunContext
 from sluice.edges.lake import Lake
 from sluice.settings import Settings
-from sluice.stages.monitoring.policy import DriftPolicy, load_policy
+from sluice.stages.monitoring.policy import DriftPolicy
 from sluice.tables import DRIFT_HISTORY, EARLY_RETRAINS, PARTITION_COLUMN
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def last_early_retrain(lake: Lake, today: dt.date) -> dt.date | None:
 
 def decide_early_retrain(settings: Settings, day: dt.date, policy: DriftPolicy | None = None) -> dict[str, Any]:
     """Read the drift history and the last early trigger; decide (see :func:`should_retrain_early`)."""
-    policy = policy or load_policy()
+    policy = policy or settings.drift
     lake = Lake(settings)
     first = (day - dt.timedelta(days=policy.drift_retrain_n - 1)).isoformat()
     days = [d for d in lake.partitions(DRIFT_HISTORY) if first <= d <= day.isoformat()]

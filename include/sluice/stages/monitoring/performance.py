@@ -17,7 +17,7 @@ from sluice.core import usecase
 from sluice.core.lineage import RunContext
 from sluice.edges.lake import Lake
 from sluice.settings import Settings
-from sluice.stages.monitoring.policy import DriftPolicy, load_policy
+from sluice.stages.monitoring.policy import DriftPolicy
 from sluice.stages.monitoring.report import PREDICTION
 from sluice.tables import PARTITION_COLUMN, PERFORMANCE_HISTORY
 
@@ -37,7 +37,7 @@ def record_performance(
 
     uc = usecase.of(settings)
     predictions, features = uc.tables.predictions, uc.tables.features
-    policy = policy or load_policy()
+    policy = policy or settings.drift
     lake = Lake(settings)
     scored_day = (day - dt.timedelta(days=uc.horizon)).isoformat()
     base = {"ds": scored_day, "evaluated_on": day.isoformat(), "roc_auc_floor": policy.performance_roc_auc_floor}
