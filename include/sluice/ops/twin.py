@@ -807,7 +807,7 @@ class Cluster:
 
     def use_cases(self) -> list[str]:
         """The names of the use cases the twin's Airflow runs: ``SLUICE_USE_CASES`` as compose sets it
-        (``${SLUICE_USE_CASES:-churn}``: the shell, .env or ``--set`` choose others)."""
+        (its default in docker-compose.yaml; the shell, .env or ``--set`` choose others)."""
         from sluice.settings import builtin_use_cases, use_case_name
 
         raw = self.service_env("airflow-dag-processor").get("SLUICE_USE_CASES", "")
