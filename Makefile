@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install demo test test-e2e test-all lint status serve lock bench clean cluster cluster-down
+.PHONY: install demo test test-faults test-e2e test-all lint status serve lock bench clean cluster cluster-down
 
 ## The runtime pins (requirements.txt, what the image gets) plus the test and dev tools
 ## (requirements-dev.txt), resolved as one set, and the sluice package in editable mode.
@@ -27,14 +27,18 @@ demo: install
 
 ## Unit, model, DAG integrity and integration tests (real PostgreSQL, Redis, S3 server).
 test: install
-	$(BIN)/python -m pytest -m "not e2e"
+	$(BIN)/python -m pytest -m "not e2e and not faults"
+
+## The fault experiments: killed writers, an S3 outage, a hung PostgreSQL, races, a corpus of bad files.
+test-faults: install
+	$(BIN)/python -m pytest -m faults
 
 ## The slow end-to-end tests: the DAGs through a real Airflow scheduler (CI runs them too).
 test-e2e: install
 	$(BIN)/python -m pytest -m e2e
 
 ## Both.
-test-all: test test-e2e
+test-all: test test-faults test-e2e
 
 ## Ruff, mypy, then the import contracts of pyproject.toml [tool.importlinter] (the layers of include/sluice).
 lint: install

@@ -79,6 +79,32 @@ class DriftPolicy(BaseSettings):
         return self
 
 
+class Timeouts(BaseSettings):
+    """How long any network call may wait (``Settings.timeouts``, ``SLUICE_TIMEOUT_*``): nothing waits unbounded.
+
+    The object store's retries are sized to ride out an outage of a minute inside one
+    try of a task; Airflow's task retries (``retries``, ``retry_delay``) cover longer ones.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_TIMEOUT_", extra="ignore")
+
+    postgres_connect_s: int = Field(default=10, ge=1, description="PostgreSQL connect_timeout (source and publish).")
+    postgres_statement_s: int = Field(
+        default=300, ge=1, description="PostgreSQL statement_timeout: longest single statement (source and publish)."
+    )
+    postgres_lock_s: int = Field(default=60, ge=1, description="PostgreSQL lock_timeout: longest wait for a lock.")
+    redis_socket_s: float = Field(default=10.0, gt=0, description="Redis connect and socket timeouts.")
+    http_s: float = Field(default=10.0, gt=0, description="HTTP timeout of alert webhooks.")
+    object_store_retry_s: int = Field(
+        default=120, ge=1, description="Object store: keep retrying a failed request for this long (an S3 outage)."
+    )
+    object_store_request_s: int = Field(default=60, ge=1, description="Object store: one request's timeout.")
+    object_store_connect_s: int = Field(default=5, ge=1, description="Object store: one connection attempt's timeout.")
+    task_minutes: int = Field(
+        default=120, ge=1, description="Airflow execution_timeout of a task (training and sensors have their own)."
+    )
+
+
 class Settings(BaseSettings):
     """Runtime configuration. Construct with :func:`load_settings` at run time."""
 
@@ -136,6 +162,9 @@ class Settings(BaseSettings):
     # --- training ------------------------------------------------------------
     # --- monitoring ------------------------------------------------------------
     drift: DriftPolicy = Field(default_factory=DriftPolicy, description="Thresholds of drift_report (SLUICE_DRIFT_*).")
+
+    # --- bounded waits -----------------------------------------------------------
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Timeouts and retries (SLUICE_TIMEOUT_*).")
 
     # --- overrides of the use case's spec (unset: the spec decides) ------------
     train_warmup_days: int | None = Field(

@@ -190,6 +190,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Backfill:
+    """One `airflow backfill create`: the runs of ``dag_id`` for the logical dates start..end."""
+
+    dag_id: str
+    start: str
+    end: str
+    max_active_runs: int = 8
+    reprocess: str = "failed"  # --reprocess-behavior: none, failed or completed
+
+
 @dataclass
 class LocalAirflow:
     home: Path
@@ -405,12 +416,18 @@ class LocalAirflow:
 
     # -- runs ------------------------------------------------------------------------
     def backfill(self, dag_id: str, start: str, end: str, max_active_runs: int = 8, reprocess: str = "failed") -> None:
-        """`airflow backfill create`, with the scheduler paused while it writes.
+        """`airflow backfill create`, with the scheduler paused while it writes (see :meth:`backfills`)."""
+        self.backfills([Backfill(dag_id, start, end, max_active_runs, reprocess)])
+
+    def backfills(self, requests: Iterable[Backfill]) -> None:
+        """`airflow backfill create` for each request, in order, with the scheduler paused once for all.
 
         On SQLite, a lock error inside `backfill create` makes Airflow delete runs it has
         already committed; a scheduler that has loaded them then crashes on a foreign key.
-        Creating the backfill while no scheduler runs avoids that race entirely.
+        Creating the backfills while no scheduler runs avoids that race entirely. (Pausing
+        costs a scheduler and DAG processor restart: one for several DAGs is cheaper.)
         """
+        requests = list(requests)
         # The DAG processor writes too (each parse): pause both writers, so that only
         # the API server shares the database with the backfill while it is created.
         paused = [
@@ -420,29 +437,36 @@ class LocalAirflow:
         if "scheduler" in paused:
             # Airflow allows one running backfill per DAG, and the scheduler marks a finished
             # one complete only every 30 s: wait for that before pausing it.
-            self.wait_for_backfills_complete(dag_id)
+            for request in requests:
+                self.wait_for_backfills_complete(request.dag_id)
         for name in paused:
             self.stop_component(name)
         try:
-            for attempt in range(4):
-                result = self.cli(
-                    "backfill", "create", "--dag-id", dag_id, "--from-date", start, "--to-date", end,
-                    "--max-active-runs", str(max_active_runs), "--reprocess-behavior", reprocess, check=False,
-                )
-                if result.returncode == 0:
-                    break
-                # A lock error leaves either nothing (Airflow cleaned up: safe to retry) or
-                # a backfill without its runs (not safe: say so rather than guess).
-                if "database is locked" not in result.stderr or attempt == 3 or self.incomplete_backfills(dag_id):
-                    raise RuntimeError(
-                        f"airflow backfill create --dag-id {dag_id} failed ({result.returncode}):\n"
-                        f"{result.stderr[-4000:]}"
-                    )
-                log.warning("airflow backfill create %s: database is locked, retrying", dag_id)
-                time.sleep(2 + 3 * attempt)
+            for request in requests:
+                self._create_backfill(request)
         finally:
             if paused:
                 self.start(paused)
+
+    def _create_backfill(self, request: Backfill) -> None:
+        dag_id = request.dag_id
+        for attempt in range(4):
+            result = self.cli(
+                "backfill", "create", "--dag-id", dag_id, "--from-date", request.start, "--to-date", request.end,
+                "--max-active-runs", str(request.max_active_runs), "--reprocess-behavior", request.reprocess,
+                check=False,
+            )
+            if result.returncode == 0:
+                return
+            # A lock error leaves either nothing (Airflow cleaned up: safe to retry) or
+            # a backfill without its runs (not safe: say so rather than guess).
+            if "database is locked" not in result.stderr or attempt == 3 or self.incomplete_backfills(dag_id):
+                raise RuntimeError(
+                    f"airflow backfill create --dag-id {dag_id} failed ({result.returncode}):\n"
+                    f"{result.stderr[-4000:]}"
+                )
+            log.warning("airflow backfill create %s: database is locked, retrying", dag_id)
+            time.sleep(2 + 3 * attempt)
 
     def incomplete_backfills(self, dag_id: str) -> int:
         """Backfills of ``dag_id`` not marked complete yet, read from the SQLite metadata DB."""
