@@ -24,7 +24,7 @@ RUN uv pip install --no-cache "apache-airflow==${AIRFLOW_VERSION}" -r /opt/airfl
 # airflow_settings.yaml (plugins/ is optional: copied when it exists).
 COPY --chown=airflow:0 . /opt/airflow/
 RUN uv pip install --no-cache --no-deps -e /opt/airflow \
-    && python -c "import sluice.settings, sluice.ops.twin"
+    && python -c "import sluice.settings, sluice.ops.init, sluice.orchestration.settings_file"
 
 # dags/ and plugins/ are Airflow's defaults under AIRFLOW_HOME (/opt/airflow); sluice looks for
 # airflow_settings.yaml in SLUICE_HOME.

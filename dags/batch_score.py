@@ -30,13 +30,14 @@ import datetime as dt
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from sluice.orchestration.context import (
-    DEFAULT_ARGS,
     SCORES_POSTGRES,
     SCORES_REDIS,
     START_DATE,
     asset_name,
+    bad_input_fails_fast,
     dag_id,
     daily,
+    default_args,
     deployed_use_cases,
     partition_day_param,
     tags,
@@ -50,7 +51,7 @@ def batch_score(ref: str, name: str) -> None:
         start_date=START_DATE,
         catchup=False,
         max_active_runs=4,
-        default_args=DEFAULT_ARGS,
+        default_args=default_args(),
         tags=tags(name, "scoring"),
         params={
             "partition_day": partition_day_param(),
@@ -65,12 +66,14 @@ def batch_score(ref: str, name: str) -> None:
     )
     def pipeline() -> None:
         @task.sensor(poke_interval=30, timeout=dt.timedelta(hours=12), mode="reschedule")
+        @bad_input_fails_fast
         def wait_for_features() -> bool:
             from sluice.orchestration.context import partition_day, partition_ready
 
             return partition_ready(ref, "features", partition_day(get_current_context()))
 
         @task.sensor(poke_interval=60, timeout=dt.timedelta(hours=12), mode="reschedule")
+        @bad_input_fails_fast
         def wait_for_retraining() -> bool:
             from sluice.orchestration.context import partition_day, retraining_settled
 
@@ -78,6 +81,7 @@ def batch_score(ref: str, name: str) -> None:
             return retraining_settled(context["ti"], partition_day(context), dag_id(name, "weekly_retrain"))
 
         @task(outlets=[Asset(asset_name(name, "predictions"))])
+        @bad_input_fails_fast
         def score_entities() -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
 
@@ -96,12 +100,14 @@ def batch_score(ref: str, name: str) -> None:
                 raise AirflowSkipException(f"nothing to score with: {exc}") from exc
 
         @task
+        @bad_input_fails_fast
         def publish_postgres(scored: dict) -> int:
             from sluice.orchestration.context import publish_scores
 
             return publish_scores(ref, "postgres", SCORES_POSTGRES, scored["ds"])
 
         @task
+        @bad_input_fails_fast
         def publish_redis(scored: dict) -> int:
             from sluice.orchestration.context import publish_scores
 

@@ -19,6 +19,10 @@ and how the model scored a month ago now that the truth is known. For **partitio
    (`extra.url`, or host/schema/port) when the drift share is over
    `SLUICE_DRIFT_SHARE_THRESHOLD` (default 0.3) or the realised ROC-AUC is under
    `SLUICE_PERFORMANCE_ROC_AUC_FLOOR` (default 0.7); it skips when the connection is absent.
+   Each reason (data drift of D, performance of the scored day) is sent **at most once**:
+   `monitoring/alerts_sent` D records it after the webhook accepted it, so a re-run sends
+   nothing twice and a failed POST is sent again by the retry. The POST waits at most
+   `SLUICE_TIMEOUT_HTTP_S` (10 s).
 5. `decide_early_retrain` lets `trigger_weekly_retrain` start `<use case>__weekly_retrain` for D when
    drift was over the threshold on k of the last n days (`SLUICE_DRIFT_RETRAIN_K` = 3,
    `SLUICE_DRIFT_RETRAIN_N` = 5), at most once per `SLUICE_DRIFT_RETRAIN_COOLDOWN_DAYS`
@@ -39,12 +43,12 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import Asset, dag, get_current_context, task
 
 from sluice.orchestration.context import (
-    ALERT_WEBHOOK,
-    DEFAULT_ARGS,
     START_DATE,
     asset_name,
+    bad_input_fails_fast,
     dag_id,
     daily,
+    default_args,
     deployed_use_cases,
     early_retrain_run_id,
     partition_day_param,
@@ -64,19 +68,21 @@ def drift_report(ref: str, name: str) -> None:
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,  # each day's early-retraining decision reads the days before it
-        default_args=DEFAULT_ARGS,
+        default_args=default_args(),
         tags=tags(name, "monitoring", "drift"),
         params={"partition_day": partition_day_param()},
         doc_md=__doc__,
     )
     def pipeline() -> None:
         @task.sensor(poke_interval=60, timeout=dt.timedelta(hours=12), mode="reschedule")
+        @bad_input_fails_fast
         def wait_for_predictions() -> bool:
             from sluice.orchestration.context import partition_day, partition_ready
 
             return partition_ready(ref, "predictions", partition_day(get_current_context()))
 
         @task(outlets=[Asset(asset_name(name, DRIFT_HISTORY.name))])
+        @bad_input_fails_fast
         def build_drift_report() -> dict:
             from sluice.orchestration.context import partition_day, run_context, runtime_settings
             from sluice.stages.monitoring import build_drift_report
@@ -85,6 +91,7 @@ def drift_report(ref: str, name: str) -> None:
             return build_drift_report(runtime_settings(ref), partition_day(context), run_context(context))
 
         @task(outlets=[Asset(asset_name(name, PERFORMANCE_HISTORY.name))])
+        @bad_input_fails_fast
         def record_performance() -> dict:
             from sluice.orchestration.context import partition_day, run_context, runtime_settings
             from sluice.stages.monitoring import record_performance
@@ -93,30 +100,15 @@ def drift_report(ref: str, name: str) -> None:
             return record_performance(runtime_settings(ref), partition_day(context), run_context(context))
 
         @task
+        @bad_input_fails_fast
         def send_alert(drift: dict, performance: dict) -> dict:
-            from airflow.sdk import BaseHook
-            from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSkipException
-
-            from sluice.edges import alerts
+            from sluice.orchestration.context import partition_day, run_context, send_day_alert
 
             context = get_current_context()
-            payload = alerts.alert_payload(
-                drift["ds"], drift, performance, dag_id=context["dag_run"].dag_id, run_id=context["dag_run"].run_id
-            )
-            if payload is None:
-                return {"sent": False, "reason": "drift and realised performance within their limits"}
-            payload["use_case"] = name
-            try:
-                conn = BaseHook.get_connection(ALERT_WEBHOOK)
-            except AirflowNotFoundException as exc:
-                alerts.log.warning("ALERT not sent, connection %s missing: %s", ALERT_WEBHOOK, payload["text"])
-                raise AirflowSkipException(f"connection {ALERT_WEBHOOK} is not configured: alert not sent") from exc
-            url = alerts.webhook_url(
-                conn_type=conn.conn_type, host=conn.host, port=conn.port, schema=conn.schema, extra=conn.extra_dejson
-            )
-            return {"sent": True, "status": alerts.send_alert(url, payload), "reasons": payload["reasons"]}
+            return send_day_alert(ref, partition_day(context), run_context(context), drift, performance)
 
         @task.short_circuit
+        @bad_input_fails_fast
         def decide_early_retrain(drift: dict) -> bool:
             from sluice.orchestration.context import runtime_settings
             from sluice.stages.monitoring import decide_early_retrain
@@ -135,6 +127,7 @@ def drift_report(ref: str, name: str) -> None:
         )
 
         @task
+        @bad_input_fails_fast
         def record_early_retrain() -> int:
             from sluice.orchestration.context import partition_day, run_context, runtime_settings
             from sluice.stages.monitoring import record_early_retrain

@@ -14,7 +14,10 @@ Every declared field is kept as the source sent it (undeclared ones as JSON in
 * **Backfill:** `airflow backfill create --dag-id <use case>__ingest_raw --from-date 2026-01-01 --to-date 2026-01-31`
 
 One DAG per use case of `SLUICE_USE_CASES` (`<use case>__ingest_raw`).
-Re-running a day replaces its partition: nothing is duplicated.
+Re-running a day replaces its partition: nothing is duplicated. A source that cannot
+deliver the day (an unreadable or malformed landing file, missing columns, no events)
+fails the task at once, naming the file, without retrying: the same input would fail
+again. An outage of the source is retried (twice, after one and two minutes or more).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from __future__ import annotations
 from airflow.sdk import Asset, dag, get_current_context, task
 
 from sluice.orchestration.context import (
-    DEFAULT_ARGS,
     START_DATE,
     asset_name,
+    bad_input_fails_fast,
     dag_id,
     daily,
+    default_args,
     deployed_use_cases,
     partition_day_param,
     tags,
@@ -40,13 +44,14 @@ def ingest_raw(ref: str, name: str) -> None:
         start_date=START_DATE,
         catchup=False,  # history is loaded on purpose (sluice load-history, backfills)
         max_active_runs=8,  # days are independent
-        default_args=DEFAULT_ARGS,
+        default_args=default_args(),
         tags=tags(name, "ingestion"),
         params={"partition_day": partition_day_param()},
         doc_md=__doc__,
     )
     def pipeline() -> None:
         @task(outlets=[Asset(asset_name(name, "raw"))])
+        @bad_input_fails_fast
         def extract_events() -> dict:
             from sluice.orchestration.context import partition_day, run_context, runtime_settings
             from sluice.stages.etl import ingest_day

@@ -33,11 +33,12 @@ import datetime as dt
 from airflow.sdk import Asset, dag, get_current_context, task
 
 from sluice.orchestration.context import (
-    DEFAULT_ARGS,
     START_DATE,
     asset_name,
+    bad_input_fails_fast,
     dag_id,
     daily,
+    default_args,
     deployed_use_cases,
     partition_day_param,
     tags,
@@ -51,34 +52,30 @@ def nightly_etl(ref: str, name: str) -> None:
         start_date=START_DATE,
         catchup=False,  # history is loaded on purpose (sluice load-history, backfills)
         max_active_runs=8,  # contract checks run in parallel; features run in day order
-        default_args=DEFAULT_ARGS,
+        default_args=default_args(),
         tags=tags(name, "etl", "features"),
         params={"partition_day": partition_day_param()},
         doc_md=__doc__,
     )
     def pipeline() -> None:
         @task.sensor(poke_interval=30, timeout=dt.timedelta(hours=12), mode="reschedule")
+        @bad_input_fails_fast
         def wait_for_raw() -> bool:
             from sluice.orchestration.context import partition_day, partition_ready
 
             return partition_ready(ref, "raw", partition_day(get_current_context()))
 
         @task(outlets=[Asset(asset_name(name, "curated")), Asset(asset_name(name, "quarantine"))])
+        @bad_input_fails_fast
         def curate_events() -> dict:
-            from airflow.sdk.exceptions import AirflowFailException
-
-            from sluice.core.contracts import ContractViolation
             from sluice.orchestration.context import partition_day, run_context, runtime_settings
             from sluice.stages.etl import curate_day
 
             context = get_current_context()
-            try:
-                return curate_day(runtime_settings(ref), partition_day(context), run_context(context))
-            except ContractViolation as exc:
-                # The same input would fail again: fail now, without retries.
-                raise AirflowFailException(str(exc)) from exc
+            return curate_day(runtime_settings(ref), partition_day(context), run_context(context))
 
         @task(depends_on_past=True, outlets=[Asset(asset_name(name, "features"))])
+        @bad_input_fails_fast
         def build_features() -> dict:
             from sluice.orchestration.context import partition_day, run_context, runtime_settings
             from sluice.stages.etl import build_features_day

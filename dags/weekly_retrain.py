@@ -16,7 +16,8 @@ is demonstrably better.
    `models/decisions` D and onto the model version's tags; a promotion moves the
    alias `champion` (the former one keeps `previous-champion`) and is appended to
    `models/promotions`. Runs in the `training` pool (one slot) so retraining never
-   starves scoring. A retry resumes the version its earlier try registered.
+   starves scoring. A retry resumes the version its earlier try registered. It may run
+   3 x `SLUICE_TIMEOUT_TASK_MINUTES` (every other task: 1 x, default 120 minutes).
    Too few matured days (a young lake) skips the run.
 
 * **Schedule:** weekly, Mondays 00:00 UTC; D is the Sunday that ends the week's data interval
@@ -37,13 +38,15 @@ import datetime as dt
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from sluice.orchestration.context import (
-    DEFAULT_ARGS,
     START_DATE,
     asset_name,
+    bad_input_fails_fast,
     dag_id,
+    default_args,
     deployed_use_cases,
     partition_day_param,
     tags,
+    task_timeout,
     weekly,
 )
 from sluice.tables import MODEL_DECISIONS
@@ -56,7 +59,7 @@ def weekly_retrain(ref: str, name: str) -> None:
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,  # one retraining at a time: each gate compares against the current champion
-        default_args=DEFAULT_ARGS,
+        default_args=default_args(),
         tags=tags(name, "training", "models"),
         params={
             "partition_day": partition_day_param(),
@@ -81,12 +84,18 @@ def weekly_retrain(ref: str, name: str) -> None:
     )
     def pipeline() -> None:
         @task.sensor(poke_interval=60, timeout=dt.timedelta(hours=12), mode="reschedule")
+        @bad_input_fails_fast
         def wait_for_features() -> bool:
             from sluice.orchestration.context import as_of_day, partition_ready
 
             return partition_ready(ref, "features", as_of_day(get_current_context()))
 
-        @task(pool="training", outlets=[Asset(asset_name(name, MODEL_DECISIONS.name))])
+        @task(
+            pool="training",
+            execution_timeout=task_timeout(training=True),
+            outlets=[Asset(asset_name(name, MODEL_DECISIONS.name))],
+        )
+        @bad_input_fails_fast
         def retrain_and_gate() -> dict:
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 

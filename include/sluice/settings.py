@@ -237,13 +237,32 @@ class Settings(BaseSettings):
         return self.landing_uri or f"{self.lake_root}/landing/events"
 
     def storage_options(self) -> dict[str, str]:
-        """Options for delta-rs / object_store. Empty on the local filesystem."""
+        """Options for delta-rs / object_store. Empty on the local filesystem.
+
+        Retries ride out an outage of ``timeouts.object_store_retry_s`` inside one call:
+        object_store's defaults (10 retries from 100 ms) gave up after 2-3 s of refused
+        connections. It stops at ``max_retries`` or ``retry_timeout``, whichever comes
+        first; every backoff is at least ``init_backoff``, so the count set here can never
+        come first and the time bound decides. ``max_backoff`` bounds how late the end of
+        an outage is noticed. (Durations in humantime form: delta-rs refuses bare numbers.)
+        """
         if not self.lake_uri.startswith("s3://"):
             return {}
+        t = self.timeouts
+        init_backoff_ms = 100
         opts = {
             "AWS_REGION": self.s3_region,
             # Atomic commits on S3 without a lock table: put-if-absent by ETag.
             "AWS_CONDITIONAL_PUT": "etag",
+            # Read by delta-rs into object_store's RetryConfig ...
+            "max_retries": str(t.object_store_retry_s * 1000 // init_backoff_ms),
+            "retry_timeout": f"{t.object_store_retry_s}s",
+            "backoff_config.init_backoff": f"{init_backoff_ms}ms",
+            "backoff_config.max_backoff": "5s",
+            "backoff_config.base": "2",
+            # ... and by object_store's HTTP client (ClientConfigKey).
+            "timeout": f"{t.object_store_request_s}s",
+            "connect_timeout": f"{t.object_store_connect_s}s",
         }
         if self.s3_endpoint_url:
             opts["AWS_ENDPOINT_URL"] = self.s3_endpoint_url

@@ -68,8 +68,10 @@ MODEL_DECISIONS = Table(
         ("decision_json", "string"),
         ("run_id", "string"),
         ("recorded_at", "timestamp_utc"),
+        ("training_data", "string"),  # sha256 of the training rows, the as-of day and the model settings
     ),
-    "Gate decisions of retraining runs as of day ds (one row per run): every check, its numbers, the reason.",
+    "Gate decisions as of day ds, one row per model version (appended, never rewritten): every check, "
+    "its numbers, the reason.",
 )
 
 MODEL_PROMOTIONS = Table(
@@ -83,7 +85,8 @@ MODEL_PROMOTIONS = Table(
         ("run_id", "string"),
         ("recorded_at", "timestamp_utc"),
     ),
-    "History of the champion: from day ds on, model_version scores (the last row of a day wins).",
+    "History of the champion (appended, never rewritten): from day ds on, model_version scores "
+    "(the last row recorded by a day wins).",
 )
 
 DRIFT_HISTORY = Table(
@@ -133,6 +136,19 @@ EARLY_RETRAINS = Table(
     "Early retrainings of the champion triggered by drift_report on day ds.",
 )
 
+# What drift_report alerted, so that a re-run of a day never sends a reason twice.
+ALERTS_SENT = Table(
+    "monitoring/alerts_sent",
+    partitioned(
+        ("reason_key", "string"),  # the kind of alert and the day it is about, e.g. data_drift:2026-03-10
+        ("reason", "string"),
+        ("sent_at", "timestamp_utc"),
+        ("run_id", "string"),
+        ("status", "int32"),  # the HTTP status the webhook answered
+    ),
+    "Alerts of drift_report for day ds that the webhook accepted: one row per reason, recorded after the POST.",
+)
+
 # The tables of every use case (raw, quarantine, curated, state, features, predictions)
 # depend on its spec: ``UseCase.tables`` builds them. These are the same for all.
 RECORD_TABLES: tuple[Table, ...] = (
@@ -141,6 +157,7 @@ RECORD_TABLES: tuple[Table, ...] = (
     DRIFT_HISTORY,
     PERFORMANCE_HISTORY,
     EARLY_RETRAINS,
+    ALERTS_SENT,
 )
 
 

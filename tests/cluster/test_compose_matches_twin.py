@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -157,6 +158,30 @@ def test_long_running_services_have_healthchecks_and_one_shots_do_not_restart(co
         elif name != "airflow-cli":
             assert spec.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
             assert spec.get("restart") == "always"
+
+
+def test_airflow_init_runs_the_init_module_in_the_image_and_in_the_twin(compose: Compose, twin: Cluster) -> None:
+    assert compose.command("airflow-init", twin.variables()) == ["python", "-m", "sluice.ops.init"]
+    assert twin.argv("airflow-init") == [sys.executable, "-m", "sluice.ops.init"]
+    assert TWIN["airflow-init"].startswith("python -m sluice.ops.init")
+    # The image's build imports the module its init runs (a broken import fails `docker build`).
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    smoke = re.findall(r'python -c "import ([^"]+)"', dockerfile)
+    assert smoke and "sluice.ops.init" in {m.strip() for m in smoke[0].split(",")}, smoke
+
+
+def test_the_init_module_imports_nothing_of_the_twin() -> None:
+    """The production image's init stays small: no twin, no embedded Airflow, no other ops module."""
+    code = (
+        "import sys, sluice.ops.init\n"
+        "print(*sorted(m for m in sys.modules if m.startswith('sluice.ops.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["sluice.ops.init"], f"sluice.ops.init pulls in {result.stdout.split()}"
+    usage = subprocess.run([sys.executable, "-m", "sluice.ops.init", "--help"],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert usage.returncode == 0 and "python -m sluice.ops.init" in usage.stdout, usage.stderr
 
 
 # -- versions --------------------------------------------------------------------------------------
@@ -328,7 +353,7 @@ def test_docker_compose_refuses_a_missing_secret_by_name(compose_cli: list[str],
 
 def test_docker_compose_renders_what_the_twin_derives(compose_cli: list[str], compose: Compose, tmp_path: Path) -> None:
     """One source of truth: Compose's own interpolation of every service's environment and
-    command equals the twin's (sluice.ops.twin.interpolate), for the same .env."""
+    command equals the twin's (sluice.orchestration.compose_vars.interpolate), for the same .env."""
     variables = {name: f"v-{name.lower()}" for name in _required_variables()}
     variables |= {"SLUICE_SIM_CUSTOMERS": "1234", "AIRFLOW_WORKER_CONCURRENCY": "3", "SLUICE_ALERT_WEBHOOK_URI": "",
                   "SLUICE_USE_CASES": "churn,purchases"}

@@ -1,6 +1,8 @@
 """DAG integrity: every file imports, every DAG is configured on purpose, and parsing
 the DAG folder makes no metadata-DB query, looks up no connection or variable, and
-imports none of the heavy libraries (they belong inside task bodies).
+imports none of the heavy libraries (they belong inside task bodies). Every task is
+bounded (execution_timeout from the settings) and rides out a minute's outage by
+retrying; a bad input fails it at once.
 
 Each file of dags/ builds one DAG per use case of ``SLUICE_USE_CASES``: here two
 (churn and purchases), so the folder must parse into both sets of five DAGs.
@@ -8,6 +10,8 @@ Each file of dags/ builds one DAG per use case of ``SLUICE_USE_CASES``: here two
 
 from __future__ import annotations
 
+import datetime as dt
+import inspect
 import os
 import subprocess
 import sys
@@ -36,9 +40,9 @@ def _refuse(*args: object, **kwargs: object) -> None:
     raise _Forbidden(f"connection or variable looked up while parsing: {args}")
 
 
-def _parse(use_cases: str):
-    """Parse the DAG folder for ``SLUICE_USE_CASES=use_cases`` while counting DB queries and
-    refusing connection/variable lookups."""
+def _parse(use_cases: str, **env: str):
+    """Parse the DAG folder for ``SLUICE_USE_CASES=use_cases`` (and ``env``) while counting DB
+    queries and refusing connection/variable lookups."""
     import airflow.settings as settings
     from airflow.dag_processing.dagbag import DagBag
     from sqlalchemy import event
@@ -49,7 +53,7 @@ def _parse(use_cases: str):
         queries.append(statement)
 
     with ExitStack() as stack:
-        stack.enter_context(mock.patch.dict(os.environ, {"SLUICE_USE_CASES": use_cases}))
+        stack.enter_context(mock.patch.dict(os.environ, {"SLUICE_USE_CASES": use_cases, **env}))
         stack.enter_context(mock.patch("airflow.sdk.execution_time.context._get_connection", side_effect=_refuse))
         stack.enter_context(mock.patch("airflow.sdk.execution_time.context._get_variable", side_effect=_refuse))
         stack.enter_context(mock.patch("airflow.models.variable.Variable.get", side_effect=_refuse))
@@ -114,6 +118,90 @@ def test_dag_is_configured_on_purpose(dagbag, dag_id: str) -> None:
         assert task.owner and task.owner != "airflow", f"{task.task_id} has no owner"
         assert task.retries >= 2, f"{task.task_id} retries {task.retries}"
         assert task.retry_delay.total_seconds() > 0
+
+
+# Airflow's retry schedule: try n waits retry_delay * backoff**(n-1) at least (its jitter only adds).
+OUTAGE = dt.timedelta(minutes=1)
+
+
+def _least_retry_wait(task) -> dt.timedelta:  # noqa: ANN001
+    """The shortest time between a task's first failure and its last try."""
+    backoff = task.retry_exponential_backoff or 1.0
+    waits = [task.retry_delay * backoff ** n for n in range(task.retries)]
+    if task.max_retry_delay:
+        waits = [min(w, task.max_retry_delay) for w in waits]
+    return sum(waits, dt.timedelta())
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAGS))
+def test_every_task_is_bounded_and_rides_out_a_minutes_outage(dagbag, dag_id: str) -> None:
+    from airflow.sdk.bases.sensor import BaseSensorOperator
+
+    from sluice.settings import Settings
+
+    bound = dt.timedelta(minutes=Settings().timeouts.task_minutes)
+    for task in dagbag.dags[dag_id].tasks:
+        timeout = task.execution_timeout
+        assert timeout is not None and timeout > dt.timedelta(0), f"{task.task_id} has no execution_timeout"
+        assert timeout == (3 * bound if task.task_id == "retrain_and_gate" else bound), (task.task_id, timeout)
+        if isinstance(task, BaseSensorOperator):  # a sensor's whole wait has its own bound
+            assert 0 < task.timeout <= dt.timedelta(hours=12).total_seconds(), (task.task_id, task.timeout)
+            assert task.mode == "reschedule", f"{task.task_id} holds a worker slot while it waits"
+        assert task.retries >= 2 and task.retry_delay > dt.timedelta(0), task.task_id
+        assert _least_retry_wait(task) > OUTAGE, f"{task.task_id} gives up after {_least_retry_wait(task)}"
+        assert task.retry_exponential_backoff > 1, f"{task.task_id}: no backoff ({task.retry_exponential_backoff})"
+
+
+def test_execution_timeouts_are_read_from_the_environment_at_parse_time(migrated_db: None) -> None:
+    bag = _parse("purchases", SLUICE_TIMEOUT_TASK_MINUTES="7")
+    assert bag.import_errors == {} and bag.parse_queries == []
+    timeouts = {(d.dag_id, t.task_id): t.execution_timeout for d in bag.dags.values() for t in d.tasks}
+    assert timeouts.pop((dag_id("purchases", "weekly_retrain"), "retrain_and_gate")) == dt.timedelta(minutes=21)
+    assert set(timeouts.values()) == {dt.timedelta(minutes=7)}
+
+
+def test_every_task_body_fails_fast_on_bad_input(dagbag) -> None:
+    """Each TaskFlow body is wrapped by bad_input_fails_fast (TriggerDagRunOperator runs no sluice code)."""
+    from sluice.orchestration.context import bad_input_fails_fast
+
+    wrapper = bad_input_fails_fast(lambda: None).__code__
+    bodies = [(d, t) for d in dagbag.dags.values() for t in d.tasks if hasattr(t, "python_callable")]
+    assert len(bodies) == 2 * (1 + 3 + 5 + 2 + 6)  # ingest, etl, score, retrain, drift
+    for dag, task in bodies:
+        assert task.python_callable.__code__ is wrapper, f"{dag.dag_id}.{task.task_id} is not wrapped"
+        assert inspect.unwrap(task.python_callable).__name__ == task.task_id
+
+
+@pytest.mark.parametrize(
+    ("error", "fails_fast"),
+    [
+        ("sluice.edges.sources.SourceError", True),
+        ("sluice.core.contracts.ContractViolation", True),
+        ("sluice.stages.monitoring.DriftError", False),
+        ("sluice.edges.alerts.AlertError", False),
+        ("builtins.TimeoutError", False),
+    ],
+)
+def test_bad_input_fails_without_retries_and_keeps_its_message(error: str, fails_fast: bool) -> None:
+    import importlib
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from sluice.orchestration.context import bad_input_fails_fast
+
+    module, name = error.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    message = "s3://landing/ds=2026-03-01/events.csv: missing column(s) ['amount']"
+
+    @bad_input_fails_fast
+    def body(x: int, *, y: int) -> int:
+        raise cls(message)
+
+    with pytest.raises(AirflowFailException if fails_fast else cls, match=r"missing column\(s\) \['amount'\]") as got:
+        body(1, y=2)
+    if fails_fast:
+        assert isinstance(got.value.__cause__, cls), "the original error stays attached"
+    assert bad_input_fails_fast(lambda x, *, y: x + y)(1, y=2) == 3
 
 
 def test_assets_are_named_per_use_case(dagbag) -> None:
@@ -237,7 +325,8 @@ def test_batch_score_waits_for_the_retraining_whose_promotion_takes_effect_on_it
         sensor = dagbag.dags[dag_id(use_case, "batch_score")].get_task("wait_for_retraining")
         ti = _RecordingTI()
         context = {"ti": ti, "params": {"partition_day": monday.isoformat()}}
-        with mock.patch.dict(sensor.python_callable.__globals__, {"get_current_context": lambda c=context: c}):
+        body = inspect.unwrap(sensor.python_callable)  # inside bad_input_fails_fast
+        with mock.patch.dict(body.__globals__, {"get_current_context": lambda c=context: c}):
             assert sensor.python_callable() is True
         assert {a["dag_id"] for a in ti.asked} == {dag_id(use_case, "weekly_retrain")}, ti.asked
         assert [a.get("logical_dates") for a in ti.asked if a.get("logical_dates")] == [[info.logical_date]]

@@ -5,8 +5,10 @@
 * ``sluice.stages.promotions``: the champion's history in the lake and the manual actions.
 * An end-to-end slice of ``weekly_retrain``: a 45-day lake built by the pipeline (on the
   local filesystem, to stay fast; lake writes on S3 are covered above and in
-  test_lake_s3), MLflow artifacts on S3; retrain twice on the same data, then a dry run
-  and a real forced promotion.
+  test_lake_s3), MLflow artifacts on S3: a first retraining, the same again (nothing new),
+  the next day's with a gate that says no, a dry run and a real forced promotion of that
+  challenger, a crashed forced try and its retry, and a re-run of the first week after the
+  champion moved on (history stays as it was).
 """
 
 from __future__ import annotations
@@ -364,18 +366,24 @@ class CrashedTry:
 class RetrainChain:
     settings: Settings
     bucket: str
-    day: dt.date
-    first: Step  # no champion yet
-    second: Step  # same data again
-    dry_forced: Step  # dry_run=True, force_promote=True
-    forced: Step  # force_promote=True with a reason
-    crashed: CrashedTry  # a forced promotion whose first try dies after moving the champion
+    day: dt.date  # the first retraining's as-of day; the others are one and two days later
+    first: Step  # no champion yet: v1, promoted on the floors
+    again: Step  # the same as-of day and data, another run id: nothing new
+    second: Step  # the next day (new data), a gate that cannot be passed: v2, not promoted
+    dry_forced: Step  # the same as second, dry_run=True, force_promote=True: v2 again, nothing moves
+    forced: Step  # the same as second, force_promote=True with a reason: v2 champion
+    crashed: CrashedTry  # two days on, a forced promotion whose first try dies after moving the champion
     retried: Step  # the Airflow retry of that try (same run_id)
     rerun: Step  # the same run cleared and run once more after it succeeded
+    old_week: Step  # the first as-of day re-run (same run id) once the champion has moved on
+    old_week_forced: Step  # the first as-of day forced by a new run, champion moved on: superseded
 
     @property
     def ds(self) -> str:
         return self.day.isoformat()
+
+    def ds_plus(self, days: int) -> str:
+        return (self.day + dt.timedelta(days=days)).isoformat()
 
 
 FORCE_REASON = "hotfix approved by the on-call data scientist"
@@ -420,17 +428,17 @@ def retrain_chain(s3_endpoint, tmp_path_factory, mlflow_template) -> Iterator[Re
             pipeline.ingest_day(settings, day, history_ctx)
             pipeline.curate_day(settings, day, history_ctx)
             pipeline.build_features_day(settings, day, history_ctx)
-        day = days[-1]
+        day = days[-3]
         lake = Lake(settings)
 
-        def step(**kwargs: Any) -> Step:
+        def step(as_of: dt.date = day, **kwargs: Any) -> Step:
             before_version = lake.version(FEATURES_CUSTOMER_DAILY)
             figures_before = set(plt.get_fignums())
-            result = retrain(settings, day, **kwargs)
+            result = retrain(settings, as_of, **kwargs)
             new_figures = set(plt.get_fignums()) - figures_before
             for number in new_figures:  # leave pyplot as it was for the tests that follow
                 plt.close(number)
-            ds = day.isoformat()
+            ds = as_of.isoformat()
             effective = promotions.effective_day(ds)
             return Step(
                 result=result,
@@ -441,20 +449,24 @@ def retrain_chain(s3_endpoint, tmp_path_factory, mlflow_template) -> Iterator[Re
                 promotions=lake.read_partition(MODEL_PROMOTIONS, effective).to_pylist()
                 if lake.has_partition(MODEL_PROMOTIONS, effective) else [],
                 champion_on_day=promotions.champion_on(lake, dt.date.fromisoformat(effective)),
-                champion_on_decision_day=promotions.champion_on(lake, day),
+                champion_on_decision_day=promotions.champion_on(lake, as_of),
                 new_figures=len(new_figures),
             )
 
         first = step(ctx=RunContext("weekly_retrain", "test"))
-        second = step(ctx=RunContext("weekly_retrain", "test-again"))
+        again = step(ctx=RunContext("weekly_retrain", "test-again"))
+        next_day, last_day = days[-2], days[-1]
         # The forced calls do not depend on the bootstrap: a shorter one saves seconds.
         quick = dataclasses.replace(gate_policy(CHURN), n_bootstrap=100)
+        unpassable = dataclasses.replace(quick, min_improvement=1.0)
+        second = step(next_day, ctx=RunContext("weekly_retrain", "test-next"), policy=unpassable)
         dry_forced = step(
-            ctx=RunContext("weekly_retrain", "test-dry-run"), dry_run=True, force_promote=True, reason="just looking",
-            policy=quick,
+            next_day, ctx=RunContext("weekly_retrain", "test-dry-run"), dry_run=True, force_promote=True,
+            reason="just looking", policy=quick,
         )
         forced = step(
-            ctx=RunContext("weekly_retrain", "test-forced"), force_promote=True, reason=FORCE_REASON, policy=quick
+            next_day, ctx=RunContext("weekly_retrain", "test-forced"), force_promote=True, reason=FORCE_REASON,
+            policy=quick,
         )
         # A try that dies between moving the champion and recording the promotion (the
         # worker is killed, the lake is unreachable...), then Airflow's retry of it.
@@ -465,17 +477,23 @@ def retrain_chain(s3_endpoint, tmp_path_factory, mlflow_template) -> Iterator[Re
 
             crash.setattr("sluice.stages.retrain.record_promotion", die)
             with pytest.raises(ConnectionError) as err:
-                retrain(settings, day, crash_ctx, force_promote=True, reason=FORCE_REASON, policy=quick)
-        ds = day.isoformat()
+                retrain(settings, last_day, crash_ctx, force_promote=True, reason=FORCE_REASON, policy=quick)
         crashed = CrashedTry(
             error=str(err.value),
             aliases=alias_versions(Registry(settings)),
             versions=[v.version for v in Registry(settings).versions()],
-            promotions=lake.read_partition(MODEL_PROMOTIONS, promotions.effective_day(ds)).to_pylist(),
+            promotions=lake.read_partition(MODEL_PROMOTIONS, promotions.effective_day(last_day.isoformat()))
+            .to_pylist() if lake.has_partition(MODEL_PROMOTIONS, promotions.effective_day(last_day.isoformat()))
+            else [],
         )
-        retried = step(ctx=crash_ctx, force_promote=True, reason=FORCE_REASON, policy=quick)
-        rerun = step(ctx=crash_ctx, force_promote=True, reason=FORCE_REASON, policy=quick)
-        yield RetrainChain(settings, bucket, day, first, second, dry_forced, forced, crashed, retried, rerun)
+        retried = step(last_day, ctx=crash_ctx, force_promote=True, reason=FORCE_REASON, policy=quick)
+        rerun = step(last_day, ctx=crash_ctx, force_promote=True, reason=FORCE_REASON, policy=quick)
+        old_week = step(ctx=RunContext("weekly_retrain", "test"))
+        old_week_forced = step(
+            ctx=RunContext("weekly_retrain", "test-old-forced"), force_promote=True, reason="back to v1", policy=quick
+        )
+        yield RetrainChain(settings, bucket, day, first, again, second, dry_forced, forced, crashed, retried, rerun,
+                           old_week, old_week_forced)
 
 
 def _row(rows: list[dict], version: str) -> dict:
@@ -573,30 +591,40 @@ def test_first_retrain_logs_its_run_with_lineage_and_artifacts(retrain_chain, s3
     assert version.tags["feature_table_version"] == str(first.features_version)
 
 
-def test_second_retrain_on_the_same_data_is_registered_but_not_promoted(retrain_chain):
+def _strip(rows: list[dict]) -> list[dict]:
+    return sorted(({k: v for k, v in r.items() if k != "recorded_at"} for r in rows),
+                  key=lambda r: (r["run_id"], r["model_version"]))
+
+
+def test_the_same_retraining_again_registers_nothing_and_records_nothing(retrain_chain):
+    first, again = retrain_chain.first, retrain_chain.again
+    result = again.result
+    assert result["model_version"] == "1" and result["resumed"] is True and result["decided_before"] is True
+    assert result["training_data"] == first.result["training_data"]
+    assert again.aliases == first.aliases
+    assert _strip(again.decisions) == _strip(first.decisions)  # one row, the first run's
+    assert _strip(again.promotions) == _strip(first.promotions)
+    tags = Registry(retrain_chain.settings).client.get_run(first.result["mlflow_run_id"]).data.tags
+    assert tags["training_data"] == first.result["training_data"]
+
+
+def test_a_later_day_trains_on_new_data_and_a_gate_that_says_no_promotes_nothing(retrain_chain):
     first, second = retrain_chain.first, retrain_chain.second
     result = second.result
-    assert result["model_version"] == "2"
-    assert result["champion_before"] == "1"
-    assert result["promoted"] is False
-    assert result["feature_table_version"] == first.result["feature_table_version"]
-    assert result["holdout_roc_auc"] == first.result["holdout_roc_auc"]
+    assert result["model_version"] == "2" and result["resumed"] is False
+    assert result["training_data"] != first.result["training_data"]
+    assert result["champion_before"] == "1" and result["promoted"] is False
     assert second.aliases == {CHAMPION: "1", PREVIOUS: None, CHALLENGER: "2"}
 
     decision_row = _row(second.decisions, "2")
     assert decision_row["promote"] is False and decision_row["promoted"] is False
     assert decision_row["champion_version"] == "1"
-    decision = json.loads(decision_row["decision_json"])
-    improvement = _check(decision, "improvement")
-    assert not improvement["passed"]
-    # The champion, loaded back from the registry on S3, scores exactly like the new fit.
-    assert improvement["numbers"]["difference"] == 0.0
-    assert "needs >=" in improvement["reason"]
-
-    assert [r["model_version"] for r in second.promotions] == ["1"]  # nothing new promoted
-    assert second.champion_on_day == "1"
+    assert decision_row["training_data"] == result["training_data"]
+    improvement = _check(json.loads(decision_row["decision_json"]), "improvement")
+    assert not improvement["passed"] and "needs >=" in improvement["reason"]
+    assert second.promotions == [] and second.champion_on_day == "1"
     tags = Registry(retrain_chain.settings).version("2").tags
-    assert tags["gate.promote"] == "False" and "improves by +0.0000" in tags["gate.reasons"]
+    assert tags["gate.promote"] == "False"
 
 
 def test_force_promote_without_a_reason_is_refused(retrain_chain):
@@ -611,41 +639,41 @@ def test_force_promote_without_a_reason_is_refused(retrain_chain):
     assert [v.version for v in registry.versions()] == versions_before
 
 
-def test_dry_run_with_force_promote_moves_no_alias(retrain_chain):
+def test_dry_run_with_force_promote_moves_no_alias_and_trains_nothing_new(retrain_chain):
     step = retrain_chain.dry_forced
     result = step.result
-    assert result["model_version"] == "3"
+    assert result["model_version"] == "2" and result["resumed"] is True, "the same data: v2 again, no v3"
     assert result["dry_run"] is True and result["forced"] is True and result["promoted"] is False
     assert step.aliases[CHAMPION] == "1" and step.aliases[PREVIOUS] is None
-    decision_row = _row(step.decisions, "3")
+    decision_row = next(r for r in step.decisions if r["run_id"] == "test-dry-run")
+    assert decision_row["model_version"] == "2"
     assert decision_row["dry_run"] is True and decision_row["forced"] is True
     assert decision_row["promote"] is True and decision_row["promoted"] is False
     assert decision_row["reason"] == "just looking"
-    assert [r["model_version"] for r in step.promotions] == ["1"]
-    assert step.champion_on_day == "1"
+    assert step.promotions == [] and step.champion_on_day == "1"
 
 
-def test_force_promote_with_a_reason_promotes_and_records_it(retrain_chain):
+def test_force_promote_with_a_reason_promotes_the_existing_challenger_and_records_it(retrain_chain):
     step = retrain_chain.forced
     result = step.result
-    assert result["model_version"] == "4"
+    assert result["model_version"] == "2" and result["resumed"] is True
     assert result["forced"] is True and result["promoted"] is True and result["champion_before"] == "1"
-    assert step.aliases == {CHAMPION: "4", PREVIOUS: "1", CHALLENGER: "4"}
+    assert step.aliases == {CHAMPION: "2", PREVIOUS: "1", CHALLENGER: "2"}
 
-    decision_row = _row(step.decisions, "4")
+    # Every decision about v2 as of that day is there, each run's own: history only grows.
+    assert sorted(r["run_id"] for r in step.decisions) == ["test-dry-run", "test-forced", "test-next"]
+    decision_row = next(r for r in step.decisions if r["run_id"] == "test-forced")
     assert decision_row["forced"] is True and decision_row["promoted"] is True
     assert decision_row["reason"] == FORCE_REASON
     decision = json.loads(decision_row["decision_json"])
     assert decision["forced"] is True and decision["forced_reason"] == FORCE_REASON
-    assert not _check(decision, "improvement")["passed"]  # the gate alone would have said no
+    assert not _check(decision, "improvement")["passed"]  # the gate alone said no
 
-    promotion = _row(step.promotions, "4")
+    promotion = _row(step.promotions, "2")
     assert promotion["forced"] is True and promotion["reason"] == FORCE_REASON
     assert promotion["previous_version"] == "1"
-    assert step.champion_on_day == "4"
-    registry = Registry(retrain_chain.settings)
-    assert registry.version("4").tags["gate.forced"] == "True"
-    assert_no_stages(registry)
+    assert step.champion_on_day == "2"
+    assert_no_stages(Registry(retrain_chain.settings))
 
 
 def test_retrain_closes_its_figures(retrain_chain):
@@ -656,33 +684,52 @@ def test_retrain_closes_its_figures(retrain_chain):
 
 def test_a_retry_after_a_crash_resumes_the_registered_challenger(retrain_chain):
     crashed, retried = retrain_chain.crashed, retrain_chain.retried
-    # The first try registered v5 and made it champion, then died before the record.
+    # The first try registered v3 and made it champion, then died before the record.
     assert crashed.error == "lake unreachable"
-    assert crashed.versions == ["1", "2", "3", "4", "5"]
-    assert crashed.aliases[CHAMPION] == "5" and crashed.aliases[PREVIOUS] == "4"
+    assert crashed.versions == ["1", "2", "3"]
+    assert crashed.aliases[CHAMPION] == "3" and crashed.aliases[PREVIOUS] == "2"
     assert "test-crash" not in {r["run_id"] for r in crashed.promotions}
 
     result = retried.result
     assert result["resumed"] is True
-    assert result["model_version"] == "5", "the retry reuses the version, it does not train a sixth"
-    assert result["champion_before"] == "4" and result["promoted"] is True
-    assert retried.aliases == {CHAMPION: "5", PREVIOUS: "4", CHALLENGER: "5"}
-    assert [v.version for v in Registry(retrain_chain.settings).versions()] == ["1", "2", "3", "4", "5"]
+    assert result["model_version"] == "3", "the retry reuses the version, it does not train a fourth"
+    assert result["champion_before"] == "2" and result["promoted"] is True
+    assert retried.aliases == {CHAMPION: "3", PREVIOUS: "2", CHALLENGER: "3"}
+    assert [v.version for v in Registry(retrain_chain.settings).versions()] == ["1", "2", "3"]
 
-    row = _row(retried.decisions, "5")
-    assert row["promoted"] is True and row["champion_version"] == "4" and row["reason"] == FORCE_REASON
-    promotion = _row(retried.promotions, "5")
-    assert promotion["previous_version"] == "4" and promotion["run_id"] == "test-crash"
-    assert retried.champion_on_day == "5"
+    row = _row(retried.decisions, "3")
+    assert row["promoted"] is True and row["champion_version"] == "2" and row["reason"] == FORCE_REASON
+    promotion = _row(retried.promotions, "3")
+    assert promotion["previous_version"] == "2" and promotion["run_id"] == "test-crash"
+    assert retried.champion_on_day == "3"
 
 
 def test_rerunning_a_finished_retrain_duplicates_nothing(retrain_chain):
     retried, rerun = retrain_chain.retried, retrain_chain.rerun
-    assert rerun.result["model_version"] == "5" and rerun.result["resumed"] is True
+    assert rerun.result["model_version"] == "3" and rerun.result["decided_before"] is True
     assert rerun.aliases == retried.aliases
-    assert [v.version for v in Registry(retrain_chain.settings).versions()] == ["1", "2", "3", "4", "5"]
-    strip = lambda rows: sorted(  # noqa: E731
-        ({k: v for k, v in r.items() if k != "recorded_at"} for r in rows), key=lambda r: r["run_id"]
-    )
-    assert strip(rerun.decisions) == strip(retried.decisions)
-    assert strip(rerun.promotions) == strip(retried.promotions)
+    assert [v.version for v in Registry(retrain_chain.settings).versions()] == ["1", "2", "3"]
+    assert _strip(rerun.decisions) == _strip(retried.decisions)
+    assert _strip(rerun.promotions) == _strip(retried.promotions)
+
+
+def test_an_old_week_rerun_after_the_champion_moved_rewrites_nothing(retrain_chain):
+    first, old = retrain_chain.first, retrain_chain.old_week
+    assert old.result["model_version"] == "1" and old.result["decided_before"] is True
+    assert old.result["promoted"] is True  # what was decided then, reported as it was
+    assert old.aliases[CHAMPION] == "3", "the champion stays where later decisions put it"
+    assert _strip(old.decisions) == _strip(first.decisions)
+    assert _strip(old.promotions) == _strip(first.promotions)
+    assert [v.version for v in Registry(retrain_chain.settings).versions()] == ["1", "2", "3"]
+
+
+def test_forcing_an_old_week_after_the_champion_moved_is_recorded_as_superseded(retrain_chain):
+    step = retrain_chain.old_week_forced
+    result = step.result
+    assert result["model_version"] == "1" and result["forced"] is True and result["promoted"] is False
+    assert result["reason"].startswith("superseded: v3 is champion from")
+    assert step.aliases[CHAMPION] == "3"
+    rows = sorted(r["run_id"] for r in step.decisions)
+    assert rows == ["test", "test-old-forced"], "the first decision stays; the forced one is added"
+    assert _strip(step.promotions) == _strip(retrain_chain.first.promotions)
+    assert promotions.champion_on(Lake(retrain_chain.settings), dt.date.fromisoformat(retrain_chain.ds_plus(3))) == "3"

@@ -55,6 +55,9 @@ DEFECTS = [
     pytest.param("customer_id", "C-12", "customer_id: parse_integer", id="malformed-customer_id"),
     pytest.param("customer_id", "1.5", "customer_id: parse_integer", id="fractional-customer_id"),
     pytest.param("signup_date", "30/06/2025", "signup_date: parse_date", id="malformed-signup_date"),
+    # A value cut short (the last field of a truncated file): pandas alone would read 3 November, 10:05.
+    pytest.param("signup_date", "2025-11-3", "signup_date: parse_date", id="cut-signup_date"),
+    pytest.param("event_time", "2026-03-01T10:0", "event_time: parse_timestamp", id="cut-event_time"),
     pytest.param("duration_s", "NaN", "duration_s: parse_number", id="nan-text-duration"),
     pytest.param("amount", "-40.00", "amount: in_range(0, 10000)", id="negative-amount"),
     pytest.param("amount", "10000.01", "amount: in_range(0, 10000)", id="huge-amount"),
@@ -183,6 +186,9 @@ def test_the_same_event_id_with_other_content_is_quarantined_as_not_unique(helpe
     assert result.failures == {"event_id: field_uniqueness": 3}
     assert len(result.valid) + len(result.quarantined) + result.duplicates == len(mixed) == result.rows_in
     assert result.invalid_share == pytest.approx(3 / len(mixed))
+    # The ids are named where the failure is reported (the ContractViolation, the log).
+    assert result.conflicting_ids == sorted({raw.loc[1, "event_id"], raw.loc[3, "event_id"]})
+    assert result.describe() == f"event_id: field_uniqueness (3 rows: id {', '.join(result.conflicting_ids)})"
 
 
 def test_which_duplicate_is_kept_does_not_depend_on_arrival_order(helpers):

@@ -373,6 +373,43 @@ def test_send_alert_posts_json_to_the_webhook(webhook) -> None:
         alerts.send_alert(server_gone, payload, timeout=2)
 
 
+def test_send_alert_waits_at_most_the_http_timeout_of_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A webhook that accepts the connection and never answers: the POST gives up after SLUICE_TIMEOUT_HTTP_S."""
+    import socket
+    import time
+
+    monkeypatch.setenv("SLUICE_TIMEOUT_HTTP_S", "0.5")
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(1)  # the kernel completes the handshake; nobody ever reads or answers
+        started = time.monotonic()
+        with pytest.raises(alerts.AlertError, match="unreachable"):
+            alerts.send_alert(f"http://127.0.0.1:{hung.getsockname()[1]}/x", {"text": "t"})
+        assert time.monotonic() - started < 5
+
+
+def test_reason_keys_are_stable_across_reruns_and_sent_reasons_are_left_out() -> None:
+    """The key is the kind of alert and its day, not the text: a re-run with other numbers finds it again."""
+    from sluice.stages.monitoring import alerting
+
+    keys = [r.key for r in alerts.day_reasons(DRIFT, PERFORMANCE)]
+    assert keys == ["data_drift:2026-03-10", "performance:2026-02-08"]
+    rerun = alerts.day_reasons({**DRIFT, "drift_share": 0.41}, {**PERFORMANCE, "roc_auc": 0.6})
+    assert [r.key for r in rerun] == keys and [r.text for r in rerun] != alerts.alert_reasons(DRIFT, PERFORMANCE)
+
+    only_new = alerts.alert_payload("2026-03-10", DRIFT, PERFORMANCE, already_sent={"data_drift:2026-03-10"})
+    assert only_new is not None and only_new["reason_keys"] == ["performance:2026-02-08"]
+    assert only_new["reasons"] == alerts.alert_reasons(DRIFT, PERFORMANCE)[1:]
+    assert alerts.alert_payload("2026-03-10", DRIFT, PERFORMANCE, already_sent=set(keys)) is None
+
+    doubled = [*rerun, alerts.AlertReason("data_drift:2026-03-10", "again")]
+    assert alerting.pending_reasons(doubled, {"performance:2026-02-08"}) == [rerun[0]]
+    at = dt.datetime(2026, 3, 11, 1, 2, tzinfo=dt.UTC)
+    assert alerting.sent_rows("2026-03-10", keys, ["a", "b"], status=200, run_id="r", sent_at=at) == [
+        {"reason_key": k, "reason": t, "sent_at": at, "run_id": "r", "status": 200, "ds": "2026-03-10"}
+        for k, t in zip(keys, ["a", "b"], strict=True)]
+
+
 def _free_port() -> int:
     import socket
 

@@ -133,7 +133,7 @@ def test_a_step_opens_an_existing_table_once(settings: Settings, opens: Opens) -
     assert lake.read_table(RAW_EVENTS).num_rows == 11
     # A pinned read of the version just read is served by the same snapshot.
     assert lake.read_partition(RAW_EVENTS, D1, version=lake.version(RAW_EVENTS)).num_rows == 5
-    lake.upsert_rows(RAW_EVENTS, D2, raw_rows(D2, 1, "upsert").to_pylist(), "event_id", lineage(D2, "upsert"))
+    lake.append_rows(RAW_EVENTS, D2, raw_rows(D2, 1, "upsert").to_pylist(), ("event_id",), lineage(D2, "upsert"))
     assert tags_of(lake, D2) == {"two", "upsert"}
     (status,) = lake.status([RAW_EVENTS])
     assert (status.version, status.partitions, status.rows_total) == (4, 3, 12)

@@ -242,9 +242,13 @@ def test_storage_options_are_empty_on_the_local_filesystem(monkeypatch, tmp_path
     assert load_settings(lake_uri=tmp_path.as_uri()).storage_options() == {}
 
 
+RETRIES = {"max_retries": "1200", "retry_timeout": "120s", "backoff_config.init_backoff": "100ms",
+           "backoff_config.max_backoff": "5s", "backoff_config.base": "2", "timeout": "60s", "connect_timeout": "5s"}
+
+
 def test_storage_options_on_s3_use_conditional_puts():
     opts = load_settings(lake_uri="s3://bucket/lake").storage_options()
-    assert opts == {"AWS_REGION": "us-east-1", "AWS_CONDITIONAL_PUT": "etag"}
+    assert opts == {"AWS_REGION": "us-east-1", "AWS_CONDITIONAL_PUT": "etag"} | RETRIES
 
 
 def test_storage_options_with_an_http_endpoint_allow_http(monkeypatch):
@@ -257,7 +261,15 @@ def test_storage_options_with_an_http_endpoint_allow_http(monkeypatch):
         "AWS_CONDITIONAL_PUT": "etag",
         "AWS_ENDPOINT_URL": "http://minio:9000",
         "AWS_ALLOW_HTTP": "true",
-    }
+    } | RETRIES
+
+
+def test_object_store_retries_follow_the_timeout_settings(monkeypatch):
+    """An outage of SLUICE_TIMEOUT_OBJECT_STORE_RETRY_S seconds is ridden out inside one call."""
+    monkeypatch.setenv("SLUICE_TIMEOUT_OBJECT_STORE_RETRY_S", "300")
+    opts = load_settings(lake_uri="s3://lake").storage_options()
+    assert opts["retry_timeout"] == "300s" and opts["max_retries"] == "3000"
+    assert load_settings(lake_uri="/tmp/lake").storage_options() == {}
 
 
 def test_storage_options_with_an_https_endpoint_do_not_allow_http():

@@ -302,3 +302,49 @@ def test_file_source_reads_the_default_landing_below_the_lake(tmp_path):
     write_csv(day_dir(tmp_path / "lake" / "churn" / "landing" / "events") / "a.csv", [row(1)])
     got = make_source(settings, UC).extract(*one_day())
     assert got.column("event_id").to_pylist() == ["f-1"]
+
+
+# -- what a file's bytes may be, and what an error of the store is ---------------------------------
+
+
+def test_a_jsonl_file_with_a_bom_and_a_line_separator_in_a_value_is_read(source, landing):
+    # Regressions: the BOM used to fail the first line; str.splitlines cut the line at U+2028.
+    rows = [row(1, channel="social"), row(2)]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).replace("social", "soc\u2028ial", 1)
+    (day_dir(landing) / "events.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    got = by_id(source.extract(*one_day()))
+    assert got["f-1"]["channel"] == "soc\u2028ial"
+    assert got["f-2"] == row(2) | {EXTRA_COLUMN: None}
+
+
+def test_a_json_array_a_header_without_line_end_and_an_upper_case_suffix_are_read(source, landing):
+    d = day_dir(landing)
+    (d / "a.json").write_text(json.dumps([row(1), row(2)]))
+    (d / "b.CSV").write_text(HEADER + "\n" + ",".join("" if v is None else v for v in row(3).values()))
+    (d / "c.csv").write_text(HEADER)  # a header only, no line end: no rows
+    assert sorted(source.extract(*one_day()).column("event_id").to_pylist()) == ["f-1", "f-2", "f-3"]
+
+
+class _FailingStore:
+    """A file system whose listing works and whose reads fail, as S3 does in an outage."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+
+    def get_file_info(self, selector: object) -> object:
+        return self.real.get_file_info(selector)  # type: ignore[attr-defined]
+
+    def open_input_file(self, path: str) -> object:
+        raise OSError(f"When reading information for key '{path}': AWS Error NETWORK_CONNECTION")
+
+
+def test_an_error_of_the_store_is_not_a_source_error(source, landing, monkeypatch):
+    # A SourceError fails the task without a retry: an outage must stay an OSError, retried.
+    import sluice.edges.sources.files as files
+
+    write_csv(day_dir(landing) / "a.csv", [row(1)])
+    real = files.filesystem
+    monkeypatch.setattr(files, "filesystem", lambda s, uri: (_FailingStore(real(s, uri)[0]), real(s, uri)[1]))
+    with pytest.raises(OSError, match="NETWORK_CONNECTION") as err:
+        source.extract(*one_day())
+    assert not isinstance(err.value, SourceError)

@@ -64,7 +64,7 @@ def _write_records(settings: Settings) -> None:
     second = _decision("2026-02-15", "scheduled__2026-02-16T00:00:00+00:00", version="2", champion="1",
                        reason_suffix=" " + HOSTILE)
     for row in (first, second):
-        lake.upsert_rows(MODEL_DECISIONS, row["ds"], [row], "run_id", ctx.lineage(row["ds"], {}))
+        lake.append_rows(MODEL_DECISIONS, row["ds"], [row], ("model_version", "run_id"), ctx.lineage(row["ds"], {}))
     promotions.record_promotion(lake, "2026-02-08", "1", None, forced=False, reason="clears every floor",
                                 ctx=RunContext("weekly_retrain", first["run_id"]), decision_ds="2026-02-08")
     promotions.record_promotion(lake, "2026-02-20", "3", "1", forced=True, reason=f"manual: {HOSTILE}",

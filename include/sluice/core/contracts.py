@@ -23,6 +23,14 @@ from pandera.errors import SchemaErrors
 from sluice.core.usecase import EXTRA_COLUMN, UseCase
 
 EVENT_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+# The text a date or a time must be: pandas alone reads "2024-08-1" as 1 August and "T22:5" as
+# 22:05, which is how a value cut short (the last field of a truncated file) would pass unseen.
+ISO_DATE = r"\d{4}-\d{2}-\d{2}"
+_ZONE = r"(?:\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?))?"
+ISO_TIMESTAMP = (
+    ISO_DATE + r"(?:[Tt ]\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d+)?)?)?)?" + _ZONE  # 2026-03-01T10:30:05.5+02:00
+    + r"|\d{8}[Tt]\d{6}(?:[.,]\d+)?" + _ZONE  # the basic form: 20260301T103005Z
+)
 
 
 class ContractViolation(RuntimeError):
@@ -88,6 +96,11 @@ def events_contract(day: dt.date, uc: UseCase) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, strict="filter", name=f"{uc.name}.raw_events")
 
 
+def _shaped(text: pd.Series, pattern: str) -> np.ndarray:
+    """Whether each value is text of the whole ``pattern`` (null: False)."""
+    return text.astype("string").str.fullmatch(pattern).fillna(False).to_numpy(dtype=bool)
+
+
 def parse_events(raw: pd.DataFrame, uc: UseCase) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Parse the text fields; return the typed frame and (index, column, check) of failures."""
     typed = raw.copy()
@@ -102,9 +115,9 @@ def parse_events(raw: pd.DataFrame, uc: UseCase) -> tuple[pd.DataFrame, pd.DataF
         elif kind == "number":
             value = pd.to_numeric(text, errors="coerce").astype("float64")
         elif kind == "timestamp":
-            value = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+            value = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601").where(_shaped(text, ISO_TIMESTAMP))
         else:
-            value = pd.to_datetime(text, errors="coerce", format="%Y-%m-%d")
+            value = pd.to_datetime(text, errors="coerce", format="%Y-%m-%d").where(_shaped(text, ISO_DATE))
         broken = text.notna() & value.isna()
         if broken.any():
             failures.append(pd.DataFrame({"index": raw.index[broken], "column": column, "check": f"parse_{kind}"}))
@@ -127,6 +140,7 @@ class ContractResult:
     quarantined: pd.DataFrame  # raw rows that failed, with failed_columns and failed_checks
     failures: dict[str, int] = field(default_factory=dict)  # "column: check" -> rows
     duplicates: int = 0  # exact copies of another row (redelivery), removed before the checks
+    conflicting_ids: list[str] = field(default_factory=list)  # event ids delivered with different contents
 
     @property
     def rows_in(self) -> int:
@@ -139,7 +153,14 @@ class ContractResult:
 
     def describe(self) -> str:
         top = sorted(self.failures.items(), key=lambda kv: -kv[1])
-        return "; ".join(f"{check} ({n} rows)" for check, n in top) or "no failures"
+        return "; ".join(f"{check} ({n} rows{self._ids(check)})" for check, n in top) or "no failures"
+
+    def _ids(self, check: str) -> str:
+        """For the uniqueness check, which ids came with different contents (the first few)."""
+        if not check.endswith(": field_uniqueness") or not self.conflicting_ids:
+            return ""
+        ids = self.conflicting_ids
+        return f": id {', '.join(ids[:5])}{f' and {len(ids) - 5} more' if len(ids) > 5 else ''}"
 
 
 def split_by_contract(raw: pd.DataFrame, day: dt.date, uc: UseCase) -> ContractResult:
@@ -181,11 +202,13 @@ def split_by_contract(raw: pd.DataFrame, day: dt.date, uc: UseCase) -> ContractR
             ) from err
         check_failures = cases[["index", "column", "check"]].astype({"index": "int64", "column": str, "check": str})
     bad = pd.concat([parse_failures, check_failures], ignore_index=True)
+    conflicting_ids: list[str] = []
     if id_column:
         # Unique event id among the rows that pass every other check: the first copy (in
         # the stable order) is kept, later copies (same id, other content) are quarantined.
         otherwise_valid = typed.drop(index=bad["index"].unique())
         copies = otherwise_valid.index[otherwise_valid[id_column].duplicated(keep="first")]
+        conflicting_ids = sorted(set(otherwise_valid.loc[copies, id_column].astype(str)))
         bad = pd.concat(
             [bad, pd.DataFrame({"index": copies, "column": id_column, "check": "field_uniqueness"})],
             ignore_index=True,
@@ -221,5 +244,6 @@ def split_by_contract(raw: pd.DataFrame, day: dt.date, uc: UseCase) -> ContractR
         if f.type == "date":
             valid[name] = valid[name].dt.date
     return ContractResult(
-        valid=valid, quarantined=quarantined, failures={k: int(v) for k, v in failures.items()}, duplicates=duplicates
+        valid=valid, quarantined=quarantined, failures={k: int(v) for k, v in failures.items()}, duplicates=duplicates,
+        conflicting_ids=conflicting_ids,
     )

@@ -79,6 +79,26 @@ def training_days(
     return usable[-max_days:]
 
 
+def fingerprint(frame: pd.DataFrame, uc: UseCase, as_of: dt.date) -> str:
+    """Pure: what makes a retraining the same one: the training rows' content (every column, in
+    the frame's order), the as-of day, and the use case's model and training settings.
+
+    Not the feature table's Delta version: an ETL re-run that rewrites a partition with the
+    same rows makes a new version but the same data, and must not make another model.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(f"{uc.name}|{as_of.isoformat()}|".encode())
+    digest.update(uc.spec.model.model_dump_json().encode())
+    digest.update(uc.spec.training.model_dump_json().encode())
+    columns = sorted(frame.columns)
+    digest.update("|".join(columns).encode())
+    rows = pd.util.hash_pandas_object(frame[columns], index=False)
+    digest.update(rows.to_numpy().tobytes())
+    return digest.hexdigest()
+
+
 def time_split(frame: pd.DataFrame, holdout_days: int = 3, validation_days: int = 3) -> Split:
     """Split matured snapshots by day: the most recent days are the holdout, then validation."""
     if holdout_days < 1 or validation_days < 1:

@@ -2,6 +2,8 @@
 
 No Airflow and no HTTP library here: the DAG looks the webhook up in its connection
 and calls :func:`send_alert`; :func:`alert_payload` says whether there is anything to send.
+Each reason carries a key that a re-run of the same day finds again (:func:`day_reasons`),
+so that ``sluice.stages.monitoring.alerting`` sends every reason at most once.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -23,22 +26,38 @@ class AlertError(RuntimeError):
     """The webhook could not be reached or refused the alert."""
 
 
-def alert_reasons(drift: Mapping[str, Any] | None, performance: Mapping[str, Any] | None) -> list[str]:
-    """Pure: one sentence per alert raised by the day's drift summary and performance record."""
+@dataclass(frozen=True)
+class AlertReason:
+    """One reason to alert. ``key`` names the kind of alert and the day it is about: the same on
+    every re-run of that day, unlike ``text``, which carries the numbers of the run."""
+
+    key: str
+    text: str
+
+
+def day_reasons(drift: Mapping[str, Any] | None, performance: Mapping[str, Any] | None) -> list[AlertReason]:
+    """Pure: one reason per alert raised by the day's drift summary and performance record."""
     reasons = []
     if drift and drift.get("alert"):
         columns = list(drift.get("drifted_columns") or [])
-        reasons.append(
+        reasons.append(AlertReason(
+            f"data_drift:{drift.get('ds')}",
             f"data drift on {drift.get('ds')}: {float(drift['drift_share']):.0%} of {drift.get('n_columns')} feature "
-            f"columns drifted (threshold {float(drift.get('threshold', 0)):.0%}): {', '.join(columns)}"
-        )
+            f"columns drifted (threshold {float(drift.get('threshold', 0)):.0%}): {', '.join(columns)}",
+        ))
     if performance and performance.get("evaluated") and performance.get("alert"):
-        reasons.append(
+        reasons.append(AlertReason(
+            f"performance:{performance.get('ds')}",
             f"realised ROC-AUC {float(performance['roc_auc']):.3f} of model v{performance.get('model_version')} "
             f"on {performance.get('ds')} (evaluated on {performance.get('evaluated_on')}) is below the floor "
-            f"{float(performance.get('roc_auc_floor', 0)):.3f}"
-        )
+            f"{float(performance.get('roc_auc_floor', 0)):.3f}",
+        ))
     return reasons
+
+
+def alert_reasons(drift: Mapping[str, Any] | None, performance: Mapping[str, Any] | None) -> list[str]:
+    """Pure: one sentence per alert raised by the day's drift summary and performance record."""
+    return [reason.text for reason in day_reasons(drift, performance)]
 
 
 def alert_payload(
@@ -48,14 +67,17 @@ def alert_payload(
     *,
     dag_id: str = "drift_report",
     run_id: str | None = None,
+    already_sent: Collection[str] = (),
 ) -> dict[str, Any] | None:
-    """Pure: the JSON body of the day's alert, or None when nothing is wrong.
+    """Pure: the JSON body of the day's alert, or None when nothing is wrong (or nothing new).
 
-    ``text`` is what chat webhooks display; the rest is for machines.
+    ``text`` is what chat webhooks display; the rest is for machines. Reasons whose key is
+    in ``already_sent`` are left out; ``reason_keys`` lists the keys of those sent, in order.
     """
-    reasons = alert_reasons(drift, performance)
-    if not reasons:
+    pending = [r for r in day_reasons(drift, performance) if r.key not in already_sent]
+    if not pending:
         return None
+    reasons = [r.text for r in pending]
     keep_drift = ("drift_share", "n_columns", "drifted_columns", "prediction_drifted", "model_version", "report_uri",
                   "threshold", "alert")
     keep_perf = ("ds", "model_version", "roc_auc", "pr_auc", "rows", "evaluated_on", "roc_auc_floor", "alert")
@@ -66,6 +88,7 @@ def alert_payload(
         "run_id": run_id,
         "ds": ds,
         "reasons": reasons,
+        "reason_keys": [r.key for r in pending],
         "drift": {k: drift.get(k) for k in keep_drift} if drift else None,
         "performance": {k: performance.get(k) for k in keep_perf} if performance and performance.get("evaluated")
         else None,
@@ -105,10 +128,17 @@ def webhook_url(
     return url
 
 
-def send_alert(url: str, payload: Mapping[str, Any], *, timeout: float = 10.0) -> int:
-    """POST ``payload`` as JSON to ``url``; returns the HTTP status, raises :class:`AlertError` otherwise."""
+def send_alert(url: str, payload: Mapping[str, Any], *, timeout: float | None = None) -> int:
+    """POST ``payload`` as JSON to ``url``; returns the HTTP status, raises :class:`AlertError` otherwise.
+
+    ``timeout`` (seconds) bounds the connection and every read; default ``SLUICE_TIMEOUT_HTTP_S``.
+    """
     if urlparse(url).scheme not in ("http", "https"):
         raise ValueError("alerts go to http(s) URLs only")
+    if timeout is None:
+        from sluice.settings import load_settings
+
+        timeout = load_settings().timeouts.http_s
     body = json.dumps(payload, default=str).encode()
     request = urllib.request.Request(
         url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "sluice-alerts"}

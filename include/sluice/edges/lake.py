@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
@@ -31,6 +31,10 @@ from sluice.core.lineage import META_PREFIX as _META_PREFIX
 from sluice.core.lineage import Lineage
 from sluice.settings import Settings
 from sluice.tables import PARTITION_COLUMN, RECORD_TABLES, Table
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
+    from pyarrow import fs as pafs
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,7 @@ class Lake:
         self.storage_options = settings.storage_options()
         self._latest: dict[str, DeltaTable] = {}  # table name -> follows the latest version
         self._pinned: dict[tuple[str, int], DeltaTable] = {}  # (table name, version) -> that version
+        self._fs: pafs.FileSystem | None = None  # pyarrow's own, for reading data files (see _dataset)
 
     # -- locations --------------------------------------------------------------
     def uri(self, table: Table) -> str:
@@ -210,16 +215,63 @@ class Lake:
     def write_partition(self, table: Table, ds: str, data: pa.Table, lineage: Lineage) -> int:
         return self.write_partitions(table, [ds], data, lineage)
 
-    def upsert_rows(self, table: Table, ds: str, rows: list[dict[str, Any]], key: str, lineage: Lineage) -> int:
-        """Add ``rows`` to partition ``ds``, replacing the day's rows with the same ``key``.
+    def append_rows(
+        self,
+        table: Table,
+        ds: str,
+        rows: list[dict[str, Any]],
+        key: Sequence[str],
+        lineage: Lineage,
+        *,
+        max_attempts: int = 30,
+    ) -> int | None:
+        """Append ``rows`` to partition ``ds`` unless a row with the same ``key`` is there already.
 
-        For small record tables (decisions, promotions): re-running the same run replaces
-        its own row, while other runs of the same day keep theirs.
+        For the record tables (decisions, promotions): history is only ever added to, never
+        rewritten. A re-run of the same run finds its row and adds nothing (returns None);
+        concurrent writers each add theirs (an append does not conflict with another append;
+        a commit that does conflict, e.g. two first writes creating the table, is retried
+        after looking for the key again).
         """
-        existing = self.read_partition(table, ds).to_pylist() if self.has_partition(table, ds) else []
-        keys = {row[key] for row in rows}
-        merged = [row for row in existing if row[key] not in keys] + rows
-        return self.write_partition(table, ds, pa.Table.from_pylist(merged, schema=table.schema), lineage)
+        check_day(ds)
+        if any(row.get(PARTITION_COLUMN) != ds for row in rows):
+            raise LakeError(f"{table.name}: rows outside partition {ds}")
+        key = tuple(key)
+        token = uuid.uuid4().hex
+        metadata = lineage.to_metadata() | {_META_PREFIX + "commit_token": token,
+                                            _META_PREFIX + "partitions": json.dumps([ds])}
+        for attempt in range(1, max_attempts + 1):
+            current = self._current(table)
+            seen = set()
+            if current is not None and ds in {p[PARTITION_COLUMN] for p in current.partitions()}:
+                present = self._scan(table, current, [ds], list(key))
+                seen = set(zip(*(present.column(k).to_pylist() for k in key), strict=True))
+            new = [row for row in rows if tuple(row[k] for k in key) not in seen]
+            if not new:
+                log.info("%s %s: every row is recorded already (key %s)", table.name, ds, key)
+                return None
+            try:
+                write_deltalake(
+                    self.uri(table) if current is None else current,
+                    pa.Table.from_pylist(new, schema=table.schema),
+                    partition_by=[PARTITION_COLUMN],
+                    mode="append",
+                    # A record table of an older lake gains the columns added since.
+                    schema_mode="merge",
+                    storage_options=self.storage_options or None,
+                    configuration={"delta.checkpointInterval": "10"},
+                    commit_properties=CommitProperties(custom_metadata=metadata, max_commit_retries=20),
+                )
+                break
+            except CommitFailedError as exc:
+                if attempt == max_attempts:
+                    raise
+                self._latest.pop(table.name, None)
+                log.warning("append to %s conflicted (%s); retry %d", table.name, exc, attempt)
+                time.sleep(min(0.1 * attempt, 2.0) * (0.5 + random.random()))
+        version = self._version_of_commit(table, token)
+        log.info("appended %d rows to %s %s: version %d", len(new), table.name, ds, version)
+        return version
 
     def _version_of_commit(self, table: Table, token: str) -> int:
         """The version our commit landed at, read from the newest commit files themselves.
@@ -250,10 +302,7 @@ class Lake:
         columns: list[str] | None = None,
     ) -> pa.Table:
         days = sorted({check_day(d) for d in days})
-        dt = self._open(table, version)
-        result = dt.to_pyarrow_table(partitions=[(PARTITION_COLUMN, "in", days)], columns=columns)
-        target = table.schema if columns is None else pa.schema([table.schema.field(c) for c in columns])
-        return result.select(target.names).cast(target)
+        return self._scan(table, self._open(table, version), days, columns)
 
     def read_partition(
         self, table: Table, ds: str, *, version: int | None = None, columns: list[str] | None = None
@@ -261,9 +310,46 @@ class Lake:
         return self.read_partitions(table, [ds], version=version, columns=columns)
 
     def read_table(self, table: Table, *, version: int | None = None, columns: list[str] | None = None) -> pa.Table:
-        result = self._open(table, version).to_pyarrow_table(columns=columns)
+        dt = self._open(table, version)
+        return self._scan(table, dt, sorted({p[PARTITION_COLUMN] for p in dt.partitions()}), columns)
+
+    def partition_dataset(self, table: Table, ds: str, *, version: int | None = None) -> pads.Dataset:
+        """The files of partition ``ds`` as a pyarrow dataset (without the ``ds`` column), for lazy scans."""
+        dt = self._open(table, version)
+        return self._dataset(table, dt, check_day(ds))
+
+    def _dataset(self, table: Table, dt: DeltaTable, ds: str) -> pads.Dataset:
+        """One partition's data files, read through pyarrow's own filesystem.
+
+        Not ``DeltaTable.to_pyarrow_table``: that scans through a filesystem implemented in
+        Python, and a scan's read-ahead can release its last Python file on one of Arrow's I/O
+        threads while the interpreter shuts down; the thread then cannot take the GIL and the
+        process aborts ("terminate called without an active exception", exit 134), about one
+        exit in four after a partition-filtered read (seen in `make demo` and in every child
+        process that reads a record table).
+        """
+        import pyarrow.dataset as pads
+
+        if self._fs is None:
+            from sluice.edges.storage import filesystem
+
+            self._fs = filesystem(self.settings, self.root)[0]
+        paths = [_fs_path(uri) for uri in dt.file_uris(partition_filters=[(PARTITION_COLUMN, "=", ds)])]
+        schema = pa.schema([f for f in table.schema if f.name != PARTITION_COLUMN])
+        return pads.dataset(paths, schema=schema, format="parquet", filesystem=self._fs)
+
+    def _scan(self, table: Table, dt: DeltaTable, days: Sequence[str], columns: list[str] | None) -> pa.Table:
+        """Rows of the partitions ``days`` (those that exist), cast to the table's schema."""
         target = table.schema if columns is None else pa.schema([table.schema.field(c) for c in columns])
-        return result.select(target.names).cast(target)
+        present = {p[PARTITION_COLUMN] for p in dt.partitions()}
+        data_columns = [n for n in target.names if n != PARTITION_COLUMN]
+        parts = []
+        for ds in (d for d in days if d in present):
+            data = self._dataset(table, dt, ds).to_table(columns=data_columns)
+            parts.append(data.append_column(PARTITION_COLUMN, pa.array([ds] * data.num_rows, pa.string())))
+        if not parts:
+            return target.empty_table()
+        return pa.concat_tables([p.select(target.names).cast(target) for p in parts])
 
     def partitions(self, table: Table, *, version: int | None = None) -> list[str]:
         dt = self._snapshot(table, version)
@@ -312,6 +398,14 @@ class Lake:
                 )
             )
         return out
+
+
+def _fs_path(uri: str) -> str:
+    """A data file's URI as delta-rs gives it, as a path of pyarrow's filesystem for the lake."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return unquote(parsed.path if parsed.scheme else uri)  # delta-rs percent-encodes the paths it gives
+    return f"{parsed.netloc}{unquote(parsed.path)}"
 
 
 def _partition_rows(dt: DeltaTable) -> dict[str, int]:

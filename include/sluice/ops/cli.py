@@ -35,10 +35,13 @@ def _status(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     uc = usecase.of(settings)
+    from sluice.stages.staleness import stale_days
+
     statuses = Lake(settings).status()
+    stale = stale_days(settings)
     if args.json:
-        print(json.dumps({"use_case": uc.name, "lake": settings.lake_root, "tables": [asdict(s) for s in statuses]},
-                         indent=2, default=str))
+        print(json.dumps({"use_case": uc.name, "lake": settings.lake_root, "tables": [asdict(s) for s in statuses],
+                          "stale": stale}, indent=2, default=str))
         return 0
     print(f"use case: {uc.name}   lake: {settings.lake_root}")
     header = f"{'table':31} {'version':>7} {'partitions':>10} {'latest':>11} {'rows latest':>11} {'rows total':>11}"
@@ -52,7 +55,43 @@ def _status(args: argparse.Namespace) -> int:
         )
     quarantined = next(s for s in statuses if s.table == uc.tables.quarantine.name)
     print(f"\nquarantined rows: {quarantined.rows_total:,} in {quarantined.partitions} partitions")
+    if stale:
+        first = min(stale)
+        print(f"\nSTALE: the state and features of {len(stale)} day(s), {first} .. {max(stale)}, were built on "
+              f"inputs rewritten since ({first}: {stale[first]}).\n"
+              f"  sluice rebuild --use-case {uc.name} --from {first}   brings them up to date")
     return 0
+
+
+def _upkeep(args: argparse.Namespace) -> int:
+    from sluice.edges.lake import Lake
+    from sluice.edges.upkeep import collect_orphans
+
+    settings = _settings(args)
+    lake = Lake(settings)
+    total = 0
+    for table in lake.all_tables():
+        if not lake.exists(table):
+            continue
+        found = collect_orphans(lake, table, older_than=dt.timedelta(hours=args.older_than_hours),
+                                dry_run=args.dry_run)
+        total += len(found)
+        for path in found:
+            print(f"{'would delete' if args.dry_run else 'deleted'} {table.name}/{path}")
+    print(f"{total} unreferenced data file(s) {'found' if args.dry_run else 'deleted'} in {settings.lake_root}")
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from sluice.core.lineage import RunContext
+    from sluice.stages.staleness import rebuild, stale_days
+
+    settings = _settings(args)
+    days = rebuild(settings, args.start, RunContext("sluice-cli", f"rebuild-from-{args.start}"), args.end)
+    left = stale_days(settings)
+    print(f"rebuilt the state and features of {len(days)} day(s)"
+          + (f", {days[0]} .. {days[-1]}" if days else "") + (f"; still stale: {sorted(left)}" if left else ""))
+    return 1 if left else 0
 
 
 def _days(start: str, end: str) -> int:
@@ -329,7 +368,7 @@ def _embedded(args: argparse.Namespace):
     # must all read the same lake.
     lake = os.environ.get("SLUICE_LAKE_URI") or (project / ".lake").as_uri()
     return LocalAirflow(
-        home=project / ".airflow",
+        home=Path(args.home).resolve() if getattr(args, "home", None) else project / ".airflow",
         project=project,
         port=args.port,
         extra_env={"SLUICE_LAKE_URI": lake},
@@ -438,8 +477,58 @@ def main(argv: list[str] | None = None) -> int:
         )
         cmd.set_defaults(func=func)
 
+    upkeep = sub.add_parser(
+        "upkeep", help="delete data files no table version references (left by killed writers); --dry-run lists them"
+    )
+    upkeep.add_argument("--older-than-hours", type=float, default=6.0,
+                        help="only files at least this old (a writer still writing keeps its files)")
+    upkeep.add_argument("--dry-run", action="store_true")
+    upkeep.add_argument("--use-case", help="the use case (name or folder); default: SLUICE_USE_CASE or the first")
+    upkeep.set_defaults(func=_upkeep)
+
+    rebuild = sub.add_parser(
+        "rebuild", help="rebuild state and features from a day on, in order (after a past day was re-run)"
+    )
+    rebuild.add_argument("--from", dest="start", required=True, type=dt.date.fromisoformat, help="first day")
+    rebuild.add_argument("--to", dest="end", type=dt.date.fromisoformat, help="last day (default: the latest)")
+    rebuild.add_argument("--use-case", help="the use case (name or folder); default: SLUICE_USE_CASE or the first")
+    rebuild.set_defaults(func=_rebuild)
+
+    backfill = sub.add_parser(
+        "backfill",
+        help="create a backfill of the embedded Airflow and check it exists (make serve running); --wait follows it",
+    )
+    backfill.add_argument("dag_id", help="e.g. churn__nightly_etl")
+    backfill.add_argument("--from", dest="start", required=True, type=dt.date.fromisoformat, help="first logical date")
+    backfill.add_argument("--to", dest="end", required=True, type=dt.date.fromisoformat, help="last logical date")
+    backfill.add_argument("--max-active-runs", type=int, default=8)
+    backfill.add_argument("--reprocess-behavior", default="failed", choices=("none", "failed", "completed"),
+                          help="days that ran already: skip them, re-run the failed ones (default), or re-run all")
+    backfill.add_argument("--wait", action="store_true", help="follow the runs; exit 1 unless every one succeeds")
+    backfill.add_argument("--timeout", type=float, default=6 * 3600, help="with --wait: give up after this many s")
+    backfill.add_argument("--project", default=".", help="project root")
+    backfill.add_argument("--home", help="the embedded Airflow's home (default: <project>/.airflow)")
+    backfill.set_defaults(func=_backfill, port=8080, schedules=False)
+
     args = parser.parse_args(argv)
     return int(args.func(args))
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from sluice.ops import backfill
+
+    airflow = _embedded(args)
+    try:
+        report = backfill.create(airflow, args.dag_id, args.start, args.end, max_active_runs=args.max_active_runs,
+                                 reprocess=args.reprocess_behavior)
+        print(report.describe(), flush=True)
+        if args.wait and report.runs:
+            report = backfill.wait(airflow, report, args.timeout)
+            print(report.describe(), flush=True)
+    except backfill.BackfillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

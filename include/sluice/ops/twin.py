@@ -18,7 +18,8 @@ each service's ``environment`` (the common Airflow block included), ``command`` 
 ports. The few keys the twin adds (:data:`TWIN_ONLY`) stand for what the image or Docker give a
 container: AIRFLOW_HOME and the folders, a hostname and a log port per worker.
 
-This module also holds :func:`init`, the command of the ``airflow-init`` service.
+The command of the ``airflow-init`` service is ``python -m sluice.ops.init`` (the image runs it
+without this module); the twin runs it like any other service, from the compose file.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -54,6 +54,7 @@ from sluice.ops.embedded import (
     free_port,
     wait_for_finished_runs,
 )
+from sluice.ops.init import connect_pg, database_exists, init_databases, pg_params
 from sluice.orchestration.compose_vars import interpolate, read_dotenv
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ TWIN: dict[str, str] = {
     "minio": "moto_server: an S3 API in memory, on its own port",
     "minio-init": "boto3 (in process): create the bucket, enable versioning",
     "mlflow": "mlflow server",
-    "airflow-init": "python -m sluice.ops.twin init",
+    "airflow-init": "python -m sluice.ops.init (the compose command)",
     "airflow-apiserver": "airflow api-server",
     "airflow-scheduler": "airflow scheduler",
     "airflow-dag-processor": "airflow dag-processor",
@@ -247,84 +248,18 @@ def _set_option(args: list[str], option: str, value: str) -> list[str]:
     return out
 
 
-def _pg_params(url: str) -> dict[str, Any]:
-    """psycopg2 connection parameters from a SQLAlchemy / Airflow-connection PostgreSQL URL."""
-    parts = urlsplit(url.removeprefix("db+"))
-    if not parts.scheme.startswith(("postgresql", "postgres")):
-        raise ClusterError(f"not a PostgreSQL URL: {parts.scheme}://...")
-    return {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 5432,
-        "user": unquote(parts.username or "postgres"),
-        "password": unquote(parts.password) if parts.password else None,
-        "dbname": parts.path.lstrip("/") or "postgres",
-        "connect_timeout": 10,
-    }
-
-
-def _connect_pg(params: Mapping[str, Any]) -> Any:
-    import psycopg2
-
-    return psycopg2.connect(**{k: v for k, v in params.items() if v is not None})
-
-
-def database_exists(url: str) -> bool:
-    params = _pg_params(url)
-    with closing(_connect_pg({**params, "dbname": "postgres"})) as conn, conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (params["dbname"],))
-        return cur.fetchone() is not None
-
-
-def ensure_database(url: str) -> bool:
-    """Create the database a URL names, when missing; True when it was created."""
-    from psycopg2 import sql
-
-    if database_exists(url):
-        return False
-    params = _pg_params(url)
-    conn = _connect_pg({**params, "dbname": "postgres"})
-    conn.autocommit = True  # CREATE DATABASE refuses to run inside a transaction
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(params["dbname"])))
-    finally:
-        conn.close()
-    return True
-
-
 def drop_database(url: str) -> None:
+    """Drop the database a URL names (``down`` drops only the ones the twin created)."""
     from psycopg2 import sql
 
-    params = _pg_params(url)
-    conn = _connect_pg({**params, "dbname": "postgres"})
+    params = pg_params(url)
+    conn = connect_pg({**params, "dbname": "postgres"})
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(params["dbname"])))
     finally:
         conn.close()
-
-
-def init_databases(environ: Mapping[str, str]) -> list[str]:
-    """The PostgreSQL databases airflow-init makes sure of: metadata, MLflow, published scores."""
-    keys = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "MLFLOW_BACKEND_STORE_URI", "SLUICE_SCORES_POSTGRES_URI")
-    return [environ[k] for k in keys if environ.get(k, "").startswith(("postgres", "db+postgres"))]
-
-
-def init(settings_file: Path | None = None) -> None:
-    """The airflow-init service: create the databases if needed, migrate, apply airflow_settings.yaml.
-
-    Runs in the container (docker-compose.yaml) and in the twin alike, with the environment of
-    the airflow-init service.
-    """
-    for url in init_databases(os.environ):
-        params = _pg_params(url)
-        created = ensure_database(url)
-        print(f"database {params['dbname']}: {'created' if created else 'exists'}", flush=True)
-    airflow = Path(sys.executable).parent / "airflow"
-    subprocess.run([str(airflow) if airflow.exists() else "airflow", "db", "migrate"], check=True)
-    settings_file = settings_file or Path(os.environ.get("SLUICE_HOME") or PROJECT_ROOT) / "airflow_settings.yaml"
-    subprocess.run([sys.executable, "-m", "sluice.orchestration.settings_file", str(settings_file)], check=True)
 
 
 # -- processes: what the twin started, by session ------------------------------------------------
@@ -769,7 +704,7 @@ class Cluster:
 
     def _pg_reachable(self) -> bool:
         try:
-            with closing(_connect_pg({**_pg_params(self._metadata_url), "dbname": "postgres", "connect_timeout": 3})):
+            with closing(connect_pg({**pg_params(self._metadata_url), "dbname": "postgres", "connect_timeout": 3})):
                 return True
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable yet"
             log.debug("postgres not reachable: %s", exc)
@@ -836,7 +771,7 @@ class Cluster:
     # -- talking to it ----------------------------------------------------------------------------
     @contextmanager
     def metadata(self) -> Iterator[Any]:
-        conn = _connect_pg(_pg_params(self._metadata_url))
+        conn = connect_pg(pg_params(self._metadata_url))
         conn.autocommit = True
         try:
             yield conn
@@ -937,7 +872,7 @@ class Cluster:
                 try:
                     drop_database(url)
                 except Exception as exc:  # noqa: BLE001 - report, and go on dropping the rest
-                    log.warning("could not drop %s: %s", _pg_params(url)["dbname"], exc)
+                    log.warning("could not drop %s: %s", pg_params(url)["dbname"], exc)
             if state.get("flushable_redis_dbs"):
                 import redis
 
@@ -976,7 +911,7 @@ class Cluster:
             "processes": [
                 {"name": r.name, "pid": r.pid, "alive": r.alive(), "log": r.log} for r in self.records()
             ],
-            "created_databases": [_pg_params(u)["dbname"] for u in self.state().get("created_databases", [])],
+            "created_databases": [pg_params(u)["dbname"] for u in self.state().get("created_databases", [])],
         }
 
 
@@ -1009,14 +944,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="processes, URLs, logs")
     env = sub.add_parser("env", help="print `export` lines for the airflow CLI against the twin")
     env.add_argument("service", nargs="?", default="airflow-cli")
-    init_p = sub.add_parser("init", help="the airflow-init service: databases, db migrate, airflow_settings.yaml")
-    init_p.add_argument("--settings", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    if args.command == "init":
-        init(args.settings)
-        return 0
     if args.command == "up":
         cluster = Cluster(
             state_dir=args.state_dir,

@@ -7,9 +7,10 @@ lightly (``airflow.sdk``), so that DAG files stay cheap to parse.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from airflow.sdk import CronDataIntervalTimetable, Param
 
@@ -20,18 +21,24 @@ __all__ = ["STAGES", "asset_name", "dag_id", "early_retrain_run_id", "tags"]  # 
 
 if TYPE_CHECKING:
     from sluice.settings import Settings
+    from sluice.stages.monitoring import AlertOutcome
 
 log = logging.getLogger(__name__)
 
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
+# Retries wait 1-2 min, then 2-4 min (backoff x2 with Airflow's jitter): a minute's outage is ridden out.
+# What every task shares; default_args() adds the execution_timeout read from the settings.
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "sluice",
     "retries": 2,
     "retry_delay": dt.timedelta(minutes=1),
-    "retry_exponential_backoff": True,
+    "retry_exponential_backoff": 2.0,  # a multiplier in Airflow 3 (True would be 1: no backoff)
     "max_retry_delay": dt.timedelta(minutes=10),
 }
+
+# Training (the weekly retrain) may take this many times the bound of any other task.
+TRAINING_TIMEOUT_FACTOR = 3
 
 SOURCE_CONNECTION_ID = "sluice_source_postgres"
 SCORES_POSTGRES = "sluice_scores_postgres"
@@ -46,6 +53,57 @@ def deployed_use_cases() -> list[tuple[str, str]]:
     from sluice.settings import Settings, use_case_name
 
     return [(ref, use_case_name(ref)) for ref in Settings().use_cases]
+
+
+def task_timeout(*, training: bool = False) -> dt.timedelta:
+    """The ``execution_timeout`` of a task: ``SLUICE_TIMEOUT_TASK_MINUTES`` (training: times
+    :data:`TRAINING_TIMEOUT_FACTOR`). Read at parse time, from the environment only."""
+    from sluice.settings import Settings
+
+    minutes = Settings().timeouts.task_minutes
+    return dt.timedelta(minutes=minutes * (TRAINING_TIMEOUT_FACTOR if training else 1))
+
+
+def default_args() -> dict[str, Any]:
+    """``default_args`` of every DAG: owner, retries with backoff, and a bounded ``execution_timeout``
+    (a sensor's whole wait is bounded by its own ``timeout``; this bounds each of its pokes)."""
+    return {**DEFAULT_ARGS, "execution_timeout": task_timeout()}
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+# Errors that a retry would only repeat: the same bad file or the same broken contract.
+# By dotted name, so that nothing (pandera, pyarrow) is imported to recognise them.
+BAD_INPUT_ERRORS = ("sluice.edges.sources.SourceError", "sluice.core.contracts.ContractViolation")
+
+
+def is_bad_input(exc: BaseException) -> bool:
+    """Whether ``exc`` is (a subclass of) one of :data:`BAD_INPUT_ERRORS`."""
+    return any(f"{cls.__module__}.{cls.__qualname__}" in BAD_INPUT_ERRORS for cls in type(exc).__mro__)
+
+
+def bad_input_fails_fast(body: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorate a task body: a bad landing file or a contract failure fails the task at once.
+
+    Retrying would read the same input and fail the same way, after the retry delays;
+    :class:`~airflow.sdk.exceptions.AirflowFailException` skips the retries. Its message is
+    the error's own (it names the file, the columns, the checks). Other errors (an outage, a
+    timeout) are raised as they are and retried.
+    """
+
+    @functools.wraps(body)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return body(*args, **kwargs)
+        except Exception as exc:
+            if not is_bad_input(exc):
+                raise
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
+
+    return run
 
 
 def daily() -> CronDataIntervalTimetable:
@@ -180,7 +238,7 @@ def runtime_settings(use_case: str | None = None) -> Settings:
     return settings
 
 
-def connection_or_skip(conn_id: str) -> Any:
+def connection_or_skip(conn_id: str, off: str = "publisher off") -> Any:
     """The Airflow connection, or skip the task when it is not configured (the publisher is off)."""
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSkipException
@@ -188,7 +246,7 @@ def connection_or_skip(conn_id: str) -> Any:
     try:
         return BaseHook.get_connection(conn_id)
     except AirflowNotFoundException as exc:
-        raise AirflowSkipException(f"connection {conn_id} is not configured: publisher off") from exc
+        raise AirflowSkipException(f"connection {conn_id} is not configured: {off}") from exc
 
 
 def publish_scores(use_case: str, kind: str, conn_id: str, ds: str) -> int:
@@ -205,10 +263,10 @@ def publish_scores(use_case: str, kind: str, conn_id: str, ds: str) -> int:
     target = publish.Target.for_use_case(uc)
     scores = Lake(settings).read_partition(uc.tables.predictions, ds).to_pandas()
     if kind == "postgres":
-        return publish.publish_postgres(libpq_dsn(conn), scores, target)
+        return publish.publish_postgres(libpq_dsn(conn), scores, target, settings.timeouts)
     auth = f":{quote(conn.password)}@" if conn.password else ""
     url = f"redis://{auth}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{conn.schema or 0}"
-    return publish.publish_redis(url, scores, ds, target)
+    return publish.publish_redis(url, scores, ds, target, settings.timeouts)
 
 
 def libpq_dsn(conn: Any) -> str:
@@ -220,3 +278,21 @@ def libpq_dsn(conn: Any) -> str:
     parts = {"host": conn.host, "port": conn.port or 5432, "dbname": conn.schema, "user": conn.login,
              "password": conn.password}
     return " ".join(f"{k}={q(v)}" for k, v in parts.items() if v not in (None, ""))
+
+
+def alert_webhook_url() -> str:
+    """The URL of the alert webhook (connection ``sluice_alert_webhook``), or skip the task without it."""
+    from sluice.edges.alerts import webhook_url
+
+    conn = connection_or_skip(ALERT_WEBHOOK, "alert not sent")
+    return webhook_url(conn_type=conn.conn_type, host=conn.host, port=conn.port, schema=conn.schema,
+                       extra=conn.extra_dejson)
+
+
+def send_day_alert(
+    use_case: str, day: dt.date, ctx: RunContext, drift: Mapping[str, Any], performance: Mapping[str, Any]
+) -> AlertOutcome:
+    """drift_report's alert of ``day``: the reasons not sent yet, through the webhook connection."""
+    from sluice.stages.monitoring import send_day_alert as send
+
+    return send(runtime_settings(use_case), day, ctx, drift, performance, alert_webhook_url)

@@ -135,11 +135,16 @@ def build_features_day(settings: Settings, day: dt.date, ctx: RunContext) -> dic
     if not lake.has_partition(CURATED_EVENTS, ds):
         quarantined = lake.partition_rows(uc.tables.quarantine).get(ds, 0)
         if quarantined:
+            # (Not necessarily all of them: above the contract's limit, curate_events writes no valid row.)
+            raw_rows = lake.partition_rows(uc.tables.raw).get(ds, 0)
             raise LakeError(
-                f"{CURATED_EVENTS.name} has no valid event on {ds}: all {quarantined} rows of raw/events {ds} were "
-                f"quarantined (see {uc.tables.quarantine.name} ds={ds}); fix the source and re-run nightly_etl for {ds}"
+                f"{CURATED_EVENTS.name} has no valid event on {ds}: {quarantined} of the {raw_rows} rows of "
+                f"{uc.tables.raw.name} {ds} were quarantined, too many for the contract (see "
+                f"{uc.tables.quarantine.name} ds={ds}); fix the source and re-run nightly_etl for {ds}"
             )
-        raise LakeError(f"{CURATED_EVENTS.name} has no partition {ds}: curate_events for {ds} has not run yet")
+        unsourced = "" if lake.has_partition(uc.tables.raw, ds) else (
+            f", nor has ingest_raw: {uc.tables.raw.name} has no partition {ds} (a landing file refused? see its log)")
+        raise LakeError(f"{CURATED_EVENTS.name} has no partition {ds}: curate_events for {ds} has not run yet{unsourced}")
     curated_version = lake.version(CURATED_EVENTS)
     state_version = lake.version(STATE)
     state_days = set(lake.partitions(STATE))

@@ -44,8 +44,8 @@ def record_promotion(
     reason: str,
     ctx: RunContext,
     decision_ds: str | None = None,
-) -> int:
-    """Add a promotion to the history of day ``ds`` (a re-run of the same run replaces its row)."""
+) -> int | None:
+    """Append a promotion to the history of day ``ds`` (a re-run of the same run adds nothing)."""
     row = {
         "model_version": str(version),
         "previous_version": previous,
@@ -56,7 +56,7 @@ def record_promotion(
         "recorded_at": dt.datetime.now(dt.UTC),  # an audit time, not business logic
         PARTITION_COLUMN: ds,
     }
-    return lake.upsert_rows(MODEL_PROMOTIONS, ds, [row], "run_id", ctx.lineage(ds, {}))
+    return lake.append_rows(MODEL_PROMOTIONS, ds, [row], ("run_id", "model_version"), ctx.lineage(ds, {}))
 
 
 def verdict(decision: Mapping[str, Any]) -> str:
@@ -69,9 +69,19 @@ def verdict(decision: Mapping[str, Any]) -> str:
 
 
 def history(lake: Lake) -> list[dict]:
+    """Every promotion in the order it took effect (day, then time recorded); a row recorded twice
+    (two tries of one run racing) counts once."""
     if not lake.exists(MODEL_PROMOTIONS):
         return []
-    return sorted(lake.read_table(MODEL_PROMOTIONS).to_pylist(), key=lambda r: (r[PARTITION_COLUMN], r["recorded_at"]))
+    rows = sorted(lake.read_table(MODEL_PROMOTIONS).to_pylist(), key=lambda r: (r[PARTITION_COLUMN], r["recorded_at"]))
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for row in rows:
+        key = (row[PARTITION_COLUMN], row["run_id"], row["model_version"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return unique
 
 
 def champion_on(lake: Lake, day: dt.date) -> str | None:

@@ -23,7 +23,8 @@ from sluice.core.usecase import UseCase
 from sluice.edges.lake import Lake
 from sluice.edges.registry import CHALLENGER, CHAMPION, Registry
 from sluice.settings import Settings
-from sluice.stages.promotions import effective_day, record_promotion
+from sluice.stages.promotions import effective_day, record_promotion, verdict
+from sluice.stages.promotions import history as promotion_history
 from sluice.tables import MODEL_DECISIONS, PARTITION_COLUMN
 
 log = logging.getLogger(__name__)
@@ -168,32 +169,30 @@ class Candidate:
     version: str
     mlflow_run_id: str
     feature_table_version: int
+    training_data: str
     decision: dict[str, Any]
     holdout_roc_auc: float
     resumed: bool = False
 
 
-def earlier_attempt(registry: Registry, ctx: RunContext, ds: str, feature_version: int) -> Candidate | None:
-    """The challenger an earlier try of this same run already registered, if any.
+def earlier_attempt(registry: Registry, ds: str, training_data: str) -> Candidate | None:
+    """The challenger already trained on exactly this data as of ``ds``, by any run, if any.
 
     A retry must not train and gate again: the first try may have promoted its model
     before it crashed, and the retry would then gate a copy against it, say "no
     improvement" and leave the promotion unrecorded (the days after would have no
-    champion). On the same pinned feature version the fit is deterministic, so resuming
-    is what a retrain would have produced, without a duplicate version.
+    champion). A re-trigger or a re-run after an ETL backfill that left the training rows
+    as they were is the same retraining too. The key is the training data's content
+    (:func:`sluice.core.train.fingerprint`), not the run id or the Delta version, so
+    none of them registers another version.
     """
     def quoted(value: object) -> str:
         return "'" + str(value).replace("'", "\\'") + "'"
 
     runs = registry.client.search_runs(
         [registry.experiment_id()],
-        filter_string=" and ".join(
-            f"tags.{key} = {quoted(value)}"
-            for key, value in (
-                ("dag_id", ctx.dag_id), ("run_id", ctx.run_id), ("ds", ds), ("feature_table_version", feature_version)
-            )
-        ),
-        order_by=["attribute.start_time DESC"],
+        filter_string=f"tags.training_data = {quoted(training_data)} and tags.ds = {quoted(ds)}",
+        order_by=["attribute.start_time ASC"],
     )
     for run in runs:
         versions = [
@@ -205,12 +204,14 @@ def earlier_attempt(registry: Registry, ctx: RunContext, ds: str, feature_versio
         import mlflow
 
         decision = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/gate/decision.json")
-        version = str(max(int(v.version) for v in versions))
-        log.info("resuming v%s registered by an earlier try of %s (MLflow run %s)", version, ctx.run_id, run.info.run_id)
+        version = str(min(int(v.version) for v in versions))
+        log.info("v%s was trained on this data as of %s by %s (MLflow run %s): resuming it",
+                 version, ds, run.data.tags.get("run_id"), run.info.run_id)
         return Candidate(
             version=version,
             mlflow_run_id=run.info.run_id,
-            feature_table_version=feature_version,
+            feature_table_version=int(run.data.tags.get("feature_table_version", -1)),
+            training_data=training_data,
             decision=decision | {"challenger": version},
             holdout_roc_auc=float(run.data.metrics.get("holdout_roc_auc", float("nan"))),
             resumed=True,
@@ -234,14 +235,29 @@ def retrain(
     lake = Lake(settings)
     ds = day.isoformat()
     frame, feature_version = load_training_frame(lake, day, settings)
+    training_data = T.fingerprint(frame, usecase.of(settings), day)
     registry = Registry(settings)
-    candidate = earlier_attempt(registry, ctx, ds, feature_version)
+    candidate = earlier_attempt(registry, ds, training_data)
+    if candidate is not None:
+        candidate = _as_requested(candidate, registry, reason if force_promote else None)
     if candidate is None:
         candidate = _train_and_register(
-            settings, registry, frame, feature_version, ds, ctx,
+            settings, registry, frame, feature_version, training_data, ds, ctx,
             force_reason=reason if force_promote else None, policy=policy or gate_policy(usecase.of(settings)),
         )
     return _finish(settings, lake, registry, ds, candidate, ctx, dry_run=dry_run)
+
+
+def _as_requested(candidate: Candidate, registry: Registry, force_reason: str | None) -> Candidate:
+    """The resumed challenger's gate verdict under this request: the gate's own, or forced by this run."""
+    decision = dict(candidate.decision)
+    decision |= {"promote": all(c["passed"] for c in decision.get("checks") or []), "forced": False,
+                 "forced_reason": None}
+    if force_reason is not None:
+        champion = registry.by_alias(CHAMPION)
+        decision |= {"promote": True, "forced": True, "forced_reason": force_reason.strip(),
+                     "champion": champion.version if champion else None}
+    return dataclasses.replace(candidate, decision=decision)
 
 
 def _train_and_register(
@@ -249,6 +265,7 @@ def _train_and_register(
     registry: Registry,
     frame: pd.DataFrame,
     feature_version: int,
+    training_data: str,
     ds: str,
     ctx: RunContext,
     *,
@@ -285,6 +302,7 @@ def _train_and_register(
                 "feature_table": f"{settings.lake_root}/{uc.tables.features.name}",
                 "use_case": uc.name,
                 "feature_table_version": feature_version,
+                "training_data": training_data,
                 "code_version": detected_code_version(),
                 "dag_id": ctx.dag_id,
                 "run_id": ctx.run_id,
@@ -330,22 +348,65 @@ def _train_and_register(
         version=version,
         mlflow_run_id=mlflow_run_id,
         feature_table_version=feature_version,
+        training_data=training_data,
         decision=json.loads(decision.to_json()),
         holdout_roc_auc=float(holdout_metrics["roc_auc"]),
     )
+
+
+def recorded_decisions(lake: Lake, ds: str, version: str) -> list[dict[str, Any]]:
+    """The decision rows of ``version`` as of ``ds``, first recorded first."""
+    if not lake.has_partition(MODEL_DECISIONS, ds):
+        return []
+    rows = [r for r in lake.read_partition(MODEL_DECISIONS, ds).to_pylist() if r["model_version"] == version]
+    return sorted(rows, key=lambda r: r["recorded_at"])
+
+
+def superseded_by(lake: Lake, ds: str) -> dict[str, Any] | None:
+    """A promotion that took effect after the day a decision as of ``ds`` would, if any.
+
+    A re-run of an old week (say after an ETL backfill) may still be a better model than
+    the champion of its own time, but a later decision (or a person) has moved the champion
+    since: history is not rewritten, so its verdict is recorded and the alias stays.
+    """
+    later = [r for r in promotion_history(lake) if r[PARTITION_COLUMN] > effective_day(ds)]
+    return later[-1] if later else None
 
 
 def _finish(
     settings: Settings, lake: Lake, registry: Registry, ds: str, candidate: Candidate, ctx: RunContext, *,
     dry_run: bool,
 ) -> dict[str, Any]:
-    """Aliases, the decision row and the promotion record: each step safe to repeat."""
+    """Aliases, the decision row and the promotion record: each step safe to repeat, none rewrites history."""
     decision = candidate.decision
     version = candidate.version
+    rows = recorded_decisions(lake, ds, version)
+    mine = [r for r in rows if r["run_id"] == ctx.run_id]
+    # Decided already: by this run (an earlier try, a cleared task), or by another run on the
+    # same data when this one forces nothing. That decision stands: moving an alias now could
+    # undo what happened since. A forced promotion by a new run is new history: recorded below.
+    recorded = mine[0] if mine else rows[0] if rows and not decision.get("forced") else None
+    if recorded is not None:
+        if recorded["promoted"]:
+            # The try that decided may have died before it recorded the promotion: complete the
+            # record, as that run (the record is keyed by run and version: never twice).
+            record_promotion(
+                lake, effective_day(ds), version, recorded["champion_version"], forced=bool(recorded["forced"]),
+                reason=recorded["reason"], ctx=RunContext(ctx.dag_id, recorded["run_id"]), decision_ds=ds,
+            )
+        log.info("v%s as of %s was decided by %s: %s; nothing to do", version, ds, recorded["run_id"],
+                 verdict(recorded))
+        return _outcome(ds, candidate, recorded["champion_version"], bool(recorded["promoted"]),
+                        bool(recorded["dry_run"]), bool(recorded["forced"]), recorded["reason"], already=True)
     champion_before = decision.get("champion")
     reason = decision.get("forced_reason") or "; ".join(decision.get("reasons") or [])
-    registry.set_alias(CHALLENGER, version)
     promoted = bool(decision["promote"]) and not dry_run
+    later = superseded_by(lake, ds) if promoted else None
+    if later is not None:
+        promoted = False
+        reason = (f"superseded: v{later['model_version']} is champion from {later[PARTITION_COLUMN]}, after the day "
+                  f"this decision would take effect ({effective_day(ds)}); the alias stays. Gate: {reason}")
+    registry.set_alias(CHALLENGER, version)
     previous = None
     if promoted:
         moved_from = registry.promote(version)
@@ -355,7 +416,7 @@ def _finish(
 
     lineage = ctx.lineage(ds, {usecase.of(settings).tables.features.name: candidate.feature_table_version},
                           model_version=version)
-    lake.upsert_rows(
+    lake.append_rows(
         MODEL_DECISIONS,
         ds,
         [
@@ -371,10 +432,11 @@ def _finish(
                 "decision_json": json.dumps(decision, indent=2, sort_keys=True),
                 "run_id": ctx.run_id,
                 "recorded_at": dt.datetime.now(dt.UTC),  # an audit time, not business logic
+                "training_data": candidate.training_data,
                 PARTITION_COLUMN: ds,
             }
         ],
-        "run_id",
+        ("model_version", "run_id"),
         lineage,
     )
     if promoted:
@@ -384,16 +446,27 @@ def _finish(
             lake, effective_day(ds), version, previous, forced=bool(decision.get("forced")), reason=reason, ctx=ctx,
             decision_ds=ds,
         )
+    return _outcome(ds, candidate, champion_before, promoted, dry_run, bool(decision.get("forced")), reason,
+                    already=False)
+
+
+def _outcome(
+    ds: str, candidate: Candidate, champion_before: str | None, promoted: bool, dry_run: bool, forced: bool,
+    reason: str, *, already: bool,
+) -> dict[str, Any]:
     return {
         "ds": ds,
-        "model_version": version,
+        "model_version": candidate.version,
         "mlflow_run_id": candidate.mlflow_run_id,
         "champion_before": champion_before,
         "promoted": promoted,
         "dry_run": dry_run,
-        "forced": bool(decision.get("forced")),
-        "reasons": list(decision.get("reasons") or []),
+        "forced": forced,
+        "reasons": list(candidate.decision.get("reasons") or []),
+        "reason": reason,
         "holdout_roc_auc": round(candidate.holdout_roc_auc, 4),
         "feature_table_version": candidate.feature_table_version,
+        "training_data": candidate.training_data,
         "resumed": candidate.resumed,
+        "decided_before": already,
     }

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlencode, urlparse
 
 from sluice.edges.lake import Lake, check_day
 from sluice.settings import Settings, use_case_name
+from sluice.stages.staleness import stale_days
 from sluice.tables import DRIFT_HISTORY, MODEL_DECISIONS, PARTITION_COLUMN, PERFORMANCE_HISTORY
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,9 @@ class UnknownUseCase(LookupError):
     pass
 
 
+STALE_COMMITS = 400  # of the state and curated logs read per page for the stale banner (sluice status reads all)
+
+
 def overview(settings: Settings, now: dt.datetime | None = None) -> dict[str, Any]:
     """All the view shows, section by section (each either ``data`` or an ``error``).
 
@@ -283,6 +287,7 @@ def overview(settings: Settings, now: dt.datetime | None = None) -> dict[str, An
         "drift": _section("drift", lambda: drift_history(settings, lake)),
         "performance": _section("performance", lambda: performance_history(settings, lake)),
         "freshness": _section("freshness", lambda: freshness(settings, lake)),
+        "stale": _section("stale", lambda: stale_days(settings, last_commits=STALE_COMMITS)),
     }
 
 

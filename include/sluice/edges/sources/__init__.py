@@ -36,6 +36,9 @@ def raw_schema(uc: UseCase) -> pa.Schema:
 
 
 def as_text(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    if pa.types.is_nested(col.type):
+        # A list or a struct (Parquet) as JSON, the text a JSON lines file delivers: the contract judges it.
+        return pa.array([None if v is None else json.dumps(v, default=str) for v in col.to_pylist()], pa.string())
     if pa.types.is_timestamp(col.type):
         # In UTC whatever the zone it came in (strftime formats local time); %S carries
         # the fraction; the suffix marks UTC explicitly.
@@ -62,18 +65,29 @@ def conform(table: pa.Table, origin: str, uc: UseCase) -> pa.Table:
         raise SourceError(f"{origin}: column(s) {doubled} appear more than once in the header")
     missing = [name for name in fields if name not in names]
     if missing:
-        raise SourceError(f"{origin}: missing column(s) {missing}; {uc.name} expects {fields}")
-    columns = [as_text(table.column(name)) for name in fields]
+        # Names are matched exactly: say so when the header has one in another case or with spaces.
+        near = {n: m for m in missing for n in names if n.strip().lower() == m.lower()}
+        hint = f"; the header has {sorted(near)} (names must match exactly)" if near else ""
+        raise SourceError(f"{origin}: missing column(s) {missing}; {uc.name} expects {fields}{hint}")
+    def text(name: str) -> pa.ChunkedArray | pa.Array:
+        try:
+            return as_text(table.column(name))
+        except pa.ArrowException as exc:  # bytes that are not UTF-8, a type without a text form
+            raise SourceError(
+                f"{origin}: column {name!r} ({table.schema.field(name).type}) cannot be read as text: {exc}"
+            ) from exc
+
+    columns = [text(name) for name in fields]
     extras = [n for n in names if n not in fields and n != EXTRA_COLUMN]
     if extras:
-        texts = {n: as_text(table.column(n)).to_pylist() for n in extras}
+        texts = {n: text(n).to_pylist() for n in extras}
         packed = [
             json.dumps({n: texts[n][i] for n in extras if texts[n][i] is not None}, sort_keys=True)
             for i in range(table.num_rows)
         ]
         columns.append(pa.array(packed, pa.string()))
     elif EXTRA_COLUMN in names:
-        columns.append(as_text(table.column(EXTRA_COLUMN)))
+        columns.append(text(EXTRA_COLUMN))
     else:
         columns.append(pa.nulls(table.num_rows, pa.string()))
     return pa.Table.from_arrays(columns, schema=raw_schema(uc))
@@ -101,7 +115,7 @@ def make_source(settings: Settings, uc: UseCase) -> Source:
 
         if not settings.source_postgres_dsn:
             raise SourceError("SLUICE_SOURCE=postgres needs SLUICE_SOURCE_POSTGRES_DSN (or the Airflow connection)")
-        return PostgresSource(settings.source_postgres_dsn, uc, settings.source_postgres_table)
+        return PostgresSource(settings.source_postgres_dsn, uc, settings.source_postgres_table, timeouts=settings.timeouts)
     if settings.source == "files":
         from sluice.edges.sources.files import FileSource
 

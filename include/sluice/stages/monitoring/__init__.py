@@ -14,12 +14,15 @@
   realised ROC-AUC / PR-AUC go to ``monitoring/performance_history``.
 * **Early retraining** (:mod:`.early_retrain`): decided from the drift history; a
   trigger is remembered in ``monitoring/early_retrains`` for the cooldown.
+* **Alerts** (:mod:`.alerting`): the day's reasons POSTed to a webhook, each at most once
+  per day (``monitoring/alerts_sent``), whatever re-runs.
 
 The thresholds are a :class:`DriftPolicy` (``SLUICE_*`` variables). Evidently is
 imported only to run a report.
 """
 
 from sluice.edges.storage import REPORTS_PREFIX, report_uri, reports_root
+from sluice.stages.monitoring.alerting import AlertOutcome, send_day_alert
 from sluice.stages.monitoring.drift import build_drift_report
 from sluice.stages.monitoring.early_retrain import decide_early_retrain, record_early_retrain
 from sluice.stages.monitoring.performance import record_performance
@@ -27,6 +30,7 @@ from sluice.stages.monitoring.policy import DriftError, DriftPolicy, load_policy
 
 __all__ = [
     "REPORTS_PREFIX",
+    "AlertOutcome",
     "DriftError",
     "DriftPolicy",
     "build_drift_report",
@@ -36,4 +40,5 @@ __all__ = [
     "record_performance",
     "report_uri",
     "reports_root",
+    "send_day_alert",
 ]

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sluice.edges.lake import Lake, check_day
-from sluice.tables import PARTITION_COLUMN, Table
+from sluice.tables import Table
 
 
 def allocate(counts: Mapping[str, int], n: int) -> dict[str, int]:
@@ -62,9 +62,6 @@ def read_entities(
     Memory is the result plus a few record batches, not the whole partition: what
     keeps a 1M-entity day's report lean.
     """
-    from deltalake import DeltaTable
-
-    delta = DeltaTable(lake.uri(table), version=version, storage_options=lake.storage_options or None)
-    dataset = delta.to_pyarrow_dataset(partitions=[(PARTITION_COLUMN, "=", check_day(ds))])
+    dataset = lake.partition_dataset(table, check_day(ds), version=version)
     found = dataset.to_table(columns=columns, filter=pc.field(key).isin(ids))
     return found.cast(pa.schema([table.schema.field(c) for c in columns]))

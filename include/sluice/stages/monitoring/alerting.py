@@ -1,0 +1,109 @@
+"""The drift report's alert of day D: every reason sent at most once, whatever re-runs.
+
+The reasons of D (:func:`sluice.edges.alerts.day_reasons`) that ``monitoring/alerts_sent`` D
+does not hold yet are POSTed in one alert. They are recorded only after the webhook
+accepted it: a failed POST records nothing, so the task's retry (or a re-run) sends them
+again, and a re-run after a success finds them and sends nothing.
+
+The one gap left: a POST accepted, then the record's commit failing, is sent again by the
+retry (at least once beats at most once for an alert).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, TypedDict
+
+from sluice.core.lineage import RunContext
+from sluice.edges import alerts
+from sluice.edges.lake import Lake
+from sluice.settings import Settings
+from sluice.tables import ALERTS_SENT, DRIFT_HISTORY, PARTITION_COLUMN, PERFORMANCE_HISTORY
+
+log = logging.getLogger(__name__)
+
+
+class AlertOutcome(TypedDict):
+    """What the send_alert task returns (small: it goes to XCom)."""
+
+    ds: str
+    sent: bool
+    status: int | None
+    reasons: list[str]  # the sentences sent by this run
+    already_sent: list[str]  # keys of the day's reasons a former run sent
+    detail: str
+
+
+def pending_reasons(reasons: Sequence[alerts.AlertReason], sent: Collection[str]) -> list[alerts.AlertReason]:
+    """Pure: the reasons whose key was not sent yet, in order, each key once."""
+    seen = set(sent)
+    out = []
+    for reason in reasons:
+        if reason.key not in seen:
+            seen.add(reason.key)
+            out.append(reason)
+    return out
+
+
+def sent_rows(
+    ds: str, keys: Sequence[str], texts: Sequence[str], *, status: int, run_id: str, sent_at: dt.datetime
+) -> list[dict[str, Any]]:
+    """Pure: the ``monitoring/alerts_sent`` rows of one accepted alert, one per reason."""
+    return [
+        {"reason_key": key, "reason": text, "sent_at": sent_at, "run_id": run_id, "status": int(status),
+         PARTITION_COLUMN: ds}
+        for key, text in zip(keys, texts, strict=True)
+    ]
+
+
+def sent_reason_keys(lake: Lake, ds: str) -> set[str]:
+    """The keys of the reasons already sent for day ``ds``."""
+    if not lake.has_partition(ALERTS_SENT, ds):
+        return set()
+    return {str(k) for k in lake.read_partition(ALERTS_SENT, ds, columns=["reason_key"]).column("reason_key").to_pylist()}
+
+
+def send_day_alert(
+    settings: Settings,
+    day: dt.date,
+    ctx: RunContext,
+    drift: Mapping[str, Any],
+    performance: Mapping[str, Any],
+    webhook: Callable[[], str],
+) -> AlertOutcome:
+    """POST the reasons of ``day`` not sent yet to the URL ``webhook()`` gives, then record them.
+
+    ``webhook`` is asked only when there is something to send (it may raise to say the
+    webhook is not configured). An :class:`~sluice.edges.alerts.AlertError` (unreachable,
+    refused) propagates with nothing recorded.
+    """
+    ds = day.isoformat()
+    lake = Lake(settings)
+    reasons = alerts.day_reasons(drift, performance)
+    if not reasons:
+        return AlertOutcome(ds=ds, sent=False, status=None, reasons=[], already_sent=[],
+                            detail="drift and realised performance within their limits")
+    sent = sent_reason_keys(lake, ds)
+    already = [r.key for r in reasons if r.key in sent]
+    payload = alerts.alert_payload(ds, drift, performance, dag_id=ctx.dag_id, run_id=ctx.run_id, already_sent=sent)
+    if payload is None:
+        log.info("alert of %s: every reason was sent already (%s)", ds, already)
+        return AlertOutcome(ds=ds, sent=False, status=None, reasons=[], already_sent=already,
+                            detail="every reason of the day was sent already")
+    payload["use_case"] = settings.use_case_name
+    try:
+        status = alerts.send_alert(webhook(), payload, timeout=settings.timeouts.http_s)
+    except Exception:
+        log.warning("ALERT of %s not sent: %s", ds, payload["text"])
+        raise
+    rows = sent_rows(ds, payload["reason_keys"], payload["reasons"], status=status, run_id=ctx.run_id,
+                     sent_at=dt.datetime.now(dt.UTC))  # an audit time, not business logic
+    inputs = {name: int(record["history_version"]) for name, record in
+              ((DRIFT_HISTORY.name, drift), (PERFORMANCE_HISTORY.name, performance))
+              if record.get("history_version") is not None}
+    # History, appended to: a concurrent run of the same day cannot drop a record of this one.
+    lake.append_rows(ALERTS_SENT, ds, rows, ("reason_key",), ctx.lineage(ds, inputs))
+    return AlertOutcome(ds=ds, sent=True, status=status, reasons=list(payload["reasons"]), already_sent=already,
+                        detail=f"HTTP {status}")
