@@ -317,3 +317,21 @@ def test_a_key_error_in_a_file_names_the_file_and_key(tmp_path: Path, churn: dic
     with pytest.raises(UseCaseError) as exc:
         load_use_case(path.parent)
     assert f"{path.resolve()}: entity.type:" in str(exc.value)
+
+
+def test_the_platform_names_no_use_case() -> None:
+    """`grep -ril <use case> include/sluice` finds nothing: the package reads specs, it knows no use case."""
+    from pathlib import Path
+
+    from sluice.settings import builtin_use_case_folder, builtin_use_cases
+
+    package = Path(__file__).resolve().parents[2] / "include" / "sluice"
+    assert builtin_use_case_folder().parent == package.parent
+    names = builtin_use_cases()
+    assert {"churn", "purchases"} <= set(names)
+    named = sorted(
+        f"{path.relative_to(package)}: {name}"
+        for path in package.rglob("*") if path.is_file() and path.suffix in (".py", ".html", ".yaml", ".md")
+        for name in names if name in path.read_text(errors="replace").lower()
+    )
+    assert named == []

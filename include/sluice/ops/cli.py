@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         "backfill",
         help="create a backfill of the embedded Airflow and check it exists (make serve running); --wait follows it",
     )
-    backfill.add_argument("dag_id", help="e.g. churn__nightly_etl")
+    backfill.add_argument("dag_id", help="<use case>__<stage>, e.g. the nightly_etl of a use case")
     backfill.add_argument("--from", dest="start", required=True, type=dt.date.fromisoformat, help="first logical date")
     backfill.add_argument("--to", dest="end", required=True, type=dt.date.fromisoformat, help="last logical date")
     backfill.add_argument("--max-active-runs", type=int, default=8)
