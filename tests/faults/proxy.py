@@ -17,6 +17,8 @@ import threading
 import time
 from typing import Literal
 
+from sluice.ops.embedded import free_port
+
 Mode = Literal["forward", "refuse", "blackhole"]
 
 
@@ -28,7 +30,7 @@ class FaultProxy:
         self._conns: list[socket.socket] = []
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.accepted = 0
         self._listen()
         self._thread = threading.Thread(target=self._accept_loop, name="fault-proxy", daemon=True)
@@ -145,9 +147,3 @@ class FaultProxy:
             for sock in pair:
                 with contextlib.suppress(OSError):
                     sock.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

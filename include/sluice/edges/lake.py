@@ -18,7 +18,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -177,30 +177,53 @@ class Lake:
             if stray:
                 raise LakeError(f"{table.name}: rows for {sorted(stray)} outside the partitions written {days}")
         predicate = f"{PARTITION_COLUMN} IN ({', '.join(repr(d) for d in days)})"
+        # The overwrite removes the files of ``days`` in the snapshot it is given.
+        version = self._commit(table, days, lineage, lambda current: data, max_attempts=max_attempts,
+                               mode="overwrite", predicate=predicate)
+        assert version is not None
+        log.info("wrote %s partitions %s: %d rows, version %d", table.name, days, data.num_rows, version)
+        return version
+
+    def _commit(
+        self,
+        table: Table,
+        days: Sequence[str],
+        lineage: Lineage,
+        build: Callable[[DeltaTable | None], pa.Table | None],
+        *,
+        max_attempts: int,
+        **write: Any,
+    ) -> int | None:
+        """One commit of ``build(snapshot)`` to ``table`` with its lineage; returns its version.
+
+        ``build`` is given the table up to date right before each attempt (None while it does
+        not exist: it is then created by URI) and returns the rows to write, or None for
+        nothing to write. A conflict with another writer's commit (e.g. a concurrent backfill
+        run creating the table) left our files invisible: the table is re-opened and the
+        write tried again, with the rows built anew.
+        """
         token = uuid.uuid4().hex
         metadata = lineage.to_metadata() | {_META_PREFIX + "commit_token": token,
-                                            _META_PREFIX + "partitions": json.dumps(days)}
+                                            _META_PREFIX + "partitions": json.dumps(list(days))}
         for attempt in range(1, max_attempts + 1):
-            # Up to date right before the write, as a fresh open would be: the overwrite
-            # removes the files of ``days`` in that snapshot. A new table is created by URI.
             current = self._current(table)
+            data = build(current)
+            if data is None:
+                return None
             try:
                 write_deltalake(
                     self.uri(table) if current is None else current,
                     data,
                     partition_by=[PARTITION_COLUMN],
-                    mode="overwrite",
-                    predicate=predicate,
                     storage_options=self.storage_options or None,
                     # Used when the table is created: a checkpoint every 10 commits keeps the
                     # log replay of every read short, however long the table's history.
                     configuration={"delta.checkpointInterval": "10"},
                     commit_properties=CommitProperties(custom_metadata=metadata, max_commit_retries=20),
+                    **write,
                 )
                 break
             except CommitFailedError as exc:
-                # Another writer committed first (e.g. a concurrent backfill run creating
-                # the table); our files are not visible, so simply try again.
                 if attempt == max_attempts:
                     raise
                 # The table object took part in the failed commit: its state is not to be
@@ -208,9 +231,7 @@ class Lake:
                 self._latest.pop(table.name, None)
                 log.warning("commit to %s conflicted (%s); retry %d", table.name, exc, attempt)
                 time.sleep(min(0.1 * attempt, 2.0) * (0.5 + random.random()))  # jitter: writers spread out
-        version = self._version_of_commit(table, token)
-        log.info("wrote %s partitions %s: %d rows, version %d", table.name, days, data.num_rows, version)
-        return version
+        return self._version_of_commit(table, token)
 
     def write_partition(self, table: Table, ds: str, data: pa.Table, lineage: Lineage) -> int:
         return self.write_partitions(table, [ds], data, lineage)
@@ -237,40 +258,23 @@ class Lake:
         if any(row.get(PARTITION_COLUMN) != ds for row in rows):
             raise LakeError(f"{table.name}: rows outside partition {ds}")
         key = tuple(key)
-        token = uuid.uuid4().hex
-        metadata = lineage.to_metadata() | {_META_PREFIX + "commit_token": token,
-                                            _META_PREFIX + "partitions": json.dumps([ds])}
-        for attempt in range(1, max_attempts + 1):
-            current = self._current(table)
-            seen = set()
-            if current is not None and ds in {p[PARTITION_COLUMN] for p in current.partitions()}:
-                present = self._scan(table, current, [ds], list(key))
-                seen = set(zip(*(present.column(k).to_pylist() for k in key), strict=True))
+        new: list[dict[str, Any]] = []
+
+        def unrecorded(current: DeltaTable | None) -> pa.Table | None:
+            nonlocal new
+            present = self._scan(table, current, [ds], list(key)) if current is not None else None
+            seen = set(zip(*(present.column(k).to_pylist() for k in key), strict=True)) if present else set()
             new = [row for row in rows if tuple(row[k] for k in key) not in seen]
-            if not new:
-                log.info("%s %s: every row is recorded already (key %s)", table.name, ds, key)
-                return None
-            try:
-                write_deltalake(
-                    self.uri(table) if current is None else current,
-                    pa.Table.from_pylist(new, schema=table.schema),
-                    partition_by=[PARTITION_COLUMN],
-                    mode="append",
-                    # A record table of an older lake gains the columns added since.
-                    schema_mode="merge",
-                    storage_options=self.storage_options or None,
-                    configuration={"delta.checkpointInterval": "10"},
-                    commit_properties=CommitProperties(custom_metadata=metadata, max_commit_retries=20),
-                )
-                break
-            except CommitFailedError as exc:
-                if attempt == max_attempts:
-                    raise
-                self._latest.pop(table.name, None)
-                log.warning("append to %s conflicted (%s); retry %d", table.name, exc, attempt)
-                time.sleep(min(0.1 * attempt, 2.0) * (0.5 + random.random()))
-        version = self._version_of_commit(table, token)
-        log.info("appended %d rows to %s %s: version %d", len(new), table.name, ds, version)
+            return pa.Table.from_pylist(new, schema=table.schema) if new else None
+
+        # An append does not conflict with another append; ``schema_mode="merge"``: a record
+        # table of an older lake gains the columns added since.
+        version = self._commit(table, [ds], lineage, unrecorded, max_attempts=max_attempts, mode="append",
+                               schema_mode="merge")
+        if version is None:
+            log.info("%s %s: every row is recorded already (key %s)", table.name, ds, key)
+        else:
+            log.info("appended %d rows to %s %s: version %d", len(new), table.name, ds, version)
         return version
 
     def _version_of_commit(self, table: Table, token: str) -> int:
@@ -310,8 +314,7 @@ class Lake:
         return self.read_partitions(table, [ds], version=version, columns=columns)
 
     def read_table(self, table: Table, *, version: int | None = None, columns: list[str] | None = None) -> pa.Table:
-        dt = self._open(table, version)
-        return self._scan(table, dt, sorted({p[PARTITION_COLUMN] for p in dt.partitions()}), columns)
+        return self._scan(table, self._open(table, version), None, columns)
 
     def partition_dataset(self, table: Table, ds: str, *, version: int | None = None) -> pads.Dataset:
         """The files of partition ``ds`` as a pyarrow dataset (without the ``ds`` column), for lazy scans."""
@@ -338,13 +341,15 @@ class Lake:
         schema = pa.schema([f for f in table.schema if f.name != PARTITION_COLUMN])
         return pads.dataset(paths, schema=schema, format="parquet", filesystem=self._fs)
 
-    def _scan(self, table: Table, dt: DeltaTable, days: Sequence[str], columns: list[str] | None) -> pa.Table:
-        """Rows of the partitions ``days`` (those that exist), cast to the table's schema."""
+    def _scan(
+        self, table: Table, dt: DeltaTable, days: Sequence[str] | None, columns: list[str] | None
+    ) -> pa.Table:
+        """Rows of the partitions ``days`` that exist (None: all), cast to the table's schema."""
         target = table.schema if columns is None else pa.schema([table.schema.field(c) for c in columns])
         present = {p[PARTITION_COLUMN] for p in dt.partitions()}
         data_columns = [n for n in target.names if n != PARTITION_COLUMN]
         parts = []
-        for ds in (d for d in days if d in present):
+        for ds in sorted(present) if days is None else [d for d in days if d in present]:
             data = self._dataset(table, dt, ds).to_table(columns=data_columns)
             parts.append(data.append_column(PARTITION_COLUMN, pa.array([ds] * data.num_rows, pa.string())))
         if not parts:

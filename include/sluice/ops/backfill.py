@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sqlite3
 import time
 from collections import Counter
-from contextlib import closing
 from dataclasses import dataclass, field
 
 from sluice.ops.embedded import LocalAirflow
@@ -50,27 +48,24 @@ class BackfillReport:
         return "; ".join(parts)
 
 
-def _db(airflow: LocalAirflow) -> sqlite3.Connection:
-    db = airflow.home / "airflow.db"
-    if not db.exists():
-        raise BackfillError(f"no metadata DB at {db}: start the embedded Airflow first (make serve)")
-    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=120)
+def _query(airflow: LocalAirflow, sql: str, params: tuple[object, ...]) -> list[tuple]:
+    if not airflow.metadata_db.exists():
+        raise BackfillError(f"no metadata DB at {airflow.metadata_db}: start the embedded Airflow first (make serve)")
+    return airflow.query(sql, params)
 
 
 def latest_backfill_id(airflow: LocalAirflow, dag_id: str) -> int:
-    with closing(_db(airflow)) as conn:
-        row = conn.execute("SELECT max(id) FROM backfill WHERE dag_id = ?", (dag_id,)).fetchone()
-    return int(row[0] or 0)
+    return int(_query(airflow, "SELECT max(id) FROM backfill WHERE dag_id = ?", (dag_id,))[0][0] or 0)
 
 
 def inspect(airflow: LocalAirflow, backfill_id: int) -> tuple[int, int, dict[str, int]]:
     """(runs listed, of them present in dag_run, logical dates skipped by reason) of one backfill."""
-    with closing(_db(airflow)) as conn:
-        rows = conn.execute(
-            "SELECT b.dag_run_id, b.exception_reason, r.id FROM backfill_dag_run b "
-            "LEFT JOIN dag_run r ON r.id = b.dag_run_id WHERE b.backfill_id = ?",
-            (backfill_id,),
-        ).fetchall()
+    rows = _query(
+        airflow,
+        "SELECT b.dag_run_id, b.exception_reason, r.id FROM backfill_dag_run b "
+        "LEFT JOIN dag_run r ON r.id = b.dag_run_id WHERE b.backfill_id = ?",
+        (backfill_id,),
+    )
     listed = [r for r in rows if r[0] is not None]
     present = [r for r in listed if r[2] is not None]
     skipped = Counter(str(r[1]) for r in rows if r[0] is None and r[1])
@@ -78,12 +73,12 @@ def inspect(airflow: LocalAirflow, backfill_id: int) -> tuple[int, int, dict[str
 
 
 def run_states(airflow: LocalAirflow, backfill_id: int) -> dict[str, int]:
-    with closing(_db(airflow)) as conn:
-        rows = conn.execute(
-            "SELECT r.state, count(*) FROM backfill_dag_run b JOIN dag_run r ON r.id = b.dag_run_id "
-            "WHERE b.backfill_id = ? GROUP BY r.state",
-            (backfill_id,),
-        ).fetchall()
+    rows = _query(
+        airflow,
+        "SELECT r.state, count(*) FROM backfill_dag_run b JOIN dag_run r ON r.id = b.dag_run_id "
+        "WHERE b.backfill_id = ? GROUP BY r.state",
+        (backfill_id,),
+    )
     return {str(state): int(n) for state, n in rows}
 
 

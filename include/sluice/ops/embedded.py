@@ -468,14 +468,19 @@ class LocalAirflow:
             log.warning("airflow backfill create %s: database is locked, retrying", dag_id)
             time.sleep(2 + 3 * attempt)
 
+    @property
+    def metadata_db(self) -> Path:
+        return self.home / "airflow.db"
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query of the SQLite metadata DB (it must exist: migrate first)."""
+        with closing(sqlite3.connect(f"file:{self.metadata_db}?mode=ro", uri=True, timeout=120)) as conn:
+            return conn.execute(sql, params).fetchall()
+
     def incomplete_backfills(self, dag_id: str) -> int:
         """Backfills of ``dag_id`` not marked complete yet, read from the SQLite metadata DB."""
-        db = self.home / "airflow.db"
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=120)) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM backfill WHERE dag_id = ? AND completed_at IS NULL", (dag_id,)
-            ).fetchone()
-        return int(row[0])
+        rows = self.query("SELECT count(*) FROM backfill WHERE dag_id = ? AND completed_at IS NULL", (dag_id,))
+        return int(rows[0][0])
 
     def wait_for_backfills_complete(self, dag_id: str, timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout
@@ -492,12 +497,9 @@ class LocalAirflow:
         run or the demo shows it. Airflow keeps each finished earlier try in
         ``task_instance_history``; a sensor's reschedule is not a try and is not there.
         """
-        db = self.home / "airflow.db"
-        if not db.exists():
+        if not self.metadata_db.exists():
             return []
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=120)) as conn:
-            rows = conn.execute(RETRIED_TRIES_SQL).fetchall()
-        return describe_retried_tries(rows, self.home / "logs", tail)
+        return describe_retried_tries(self.query(RETRIED_TRIES_SQL), self.home / "logs", tail)
 
     def trigger(self, dag_id: str, conf: Mapping[str, object] | None = None, run_id: str | None = None) -> str:
         args = ["dags", "trigger", dag_id, "-o", "json"]
