@@ -58,9 +58,9 @@ def deployed_use_cases() -> list[tuple[str, str]]:
 def task_timeout(*, training: bool = False) -> dt.timedelta:
     """The ``execution_timeout`` of a task: ``SLUICE_TIMEOUT_TASK_MINUTES`` (training: times
     :data:`TRAINING_TIMEOUT_FACTOR`). Read at parse time, from the environment only."""
-    from sluice.settings import Settings
+    from sluice.settings import Timeouts
 
-    minutes = Settings().timeouts.task_minutes
+    minutes = Timeouts().task_minutes  # only the SLUICE_TIMEOUT_* group: no use case is resolved for it
     return dt.timedelta(minutes=minutes * (TRAINING_TIMEOUT_FACTOR if training else 1))
 
 
