@@ -31,9 +31,14 @@ both variants would otherwise import lazily, ~6 s each here without cached bytec
   ``model.predict(frame[uc.feature_columns])``, ``customer_id`` + ``score`` written with
   ``DataFrame.to_parquet`` to a file (no risk band, versions, lineage nor atomic commit).
 
+* **limit**: LightGBM's ``booster.predict`` alone, on the matrix sluice predicts from
+  (``score.feature_matrix`` of features D, built before the clock starts): what scoring
+  cannot beat. Sluice's share is limit time / sluice time (the goal: at least 80%).
+
 It prints rows per second, wall time and peak memory (max RSS, and above the RSS once the
-libraries are imported) of every run, the ratios of the medians, and fails unless both
-variants scored the same customers with the same scores (max abs difference < 1e-9).
+libraries are imported) of every run, the ratios of the medians, sluice's share of the
+limit, and fails unless every variant scored the same customers with the same scores (max
+abs difference < 1e-9).
 The result is also written to ``benchmarks/results/score.json``.
 """
 
@@ -148,10 +153,15 @@ def measure(kind: str, root: Path, info: dict, out: Path) -> dict:
 
     settings = _settings(root)
     uc = usecase.of(settings)
+    if kind == "limit":
+        model, matrix, keys = _limit_inputs(settings, info)
     rss_imports = peak_rss_kb()
     t0 = time.perf_counter()
     if kind == "sluice":
         rows = score_day(settings, dt.date.fromisoformat(info["ds"]), RunContext("bench", "bench"))["rows"]
+    elif kind == "limit":
+        scores = model.booster.predict(matrix, num_iteration=model.best_iteration)
+        rows = len(scores)
     else:
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         model = mlflow.pyfunc.load_model(f"models:/{info['model_name']}/{info['version']}")
@@ -165,8 +175,25 @@ def measure(kind: str, root: Path, info: dict, out: Path) -> dict:
         rows = len(frame)
     seconds = time.perf_counter() - t0
     rss = peak_rss_kb()
+    if kind == "limit":  # (written after the clock, for the comparison)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({uc.key: keys, "score": scores}).to_parquet(out, index=False)
     return {"kind": kind, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
             "peak_mb": rss / 1024, "above_imports_mb": (rss - rss_imports) / 1024}
+
+
+def _limit_inputs(settings, info: dict) -> tuple:
+    """The registered booster and the matrix of features D that sluice predicts from (setup, not timed)."""
+    from sluice.core import usecase
+    from sluice.core.train import FittedModel
+    from sluice.edges.lake import Lake
+    from sluice.edges.registry import Registry
+    from sluice.stages.score import feature_matrix
+
+    uc = usecase.of(settings)
+    model = FittedModel.from_booster(Registry(settings).load_booster(info["version"]), uc)
+    features = Lake(settings).read_partition(uc.tables.features, info["ds"])
+    return model, feature_matrix(features, uc, model.categories), features.column(uc.key).to_numpy()
 
 
 def _run_child(kind: str, root: Path, info: dict, out: Path) -> dict:
@@ -178,8 +205,8 @@ def _run_child(kind: str, root: Path, info: dict, out: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def compare(root: Path, info: dict, out: Path) -> float:
-    """Max abs score difference between the two outputs; fails loudly unless they are the same predictions."""
+def compare(root: Path, info: dict, out: Path, kind: str = "pyfunc") -> float:
+    """Max abs score difference between sluice's and ``kind``'s outputs; fails loudly unless they are the same."""
     import numpy as np
     import pandas as pd
 
@@ -192,12 +219,12 @@ def compare(root: Path, info: dict, out: Path) -> float:
     base = pd.read_parquet(out)
     if set(ours["model_version"]) != {info["version"]}:
         raise SystemExit(f"sluice scored with model {set(ours['model_version'])}, not v{info['version']}")
-    joined = ours.merge(base, on=uc.key, how="outer", suffixes=("_sluice", "_pyfunc"), indicator=True)
+    joined = ours.merge(base, on=uc.key, how="outer", suffixes=("_sluice", "_other"), indicator=True)
     if len(ours) != len(base) or not (joined["_merge"] == "both").all():
-        raise SystemExit(f"different customers scored: sluice {len(ours):,} rows, pyfunc {len(base):,} rows")
-    diff = float(np.max(np.abs(joined["score_sluice"].to_numpy() - joined["score_pyfunc"].to_numpy())))
+        raise SystemExit(f"different customers scored: sluice {len(ours):,} rows, {kind} {len(base):,} rows")
+    diff = float(np.max(np.abs(joined["score_sluice"].to_numpy() - joined["score_other"].to_numpy())))
     if not diff < 1e-9:
-        raise SystemExit(f"the two variants disagree: max abs score difference {diff:.3g} (>= 1e-9)")
+        raise SystemExit(f"sluice and {kind} disagree: max abs score difference {diff:.3g} (>= 1e-9)")
     return diff
 
 
@@ -223,27 +250,33 @@ def main() -> None:
               f"features {info['ds']} = {info['real_rows']:,} real rows tiled to {args.rows:,}; model v{info['version']} "
               f"({ROUNDS} rounds) trained on {info['train_rows']:,} rows, label {info['label']}", flush=True)
         print(f"{'rows':>10} {'impl':>7} {'seconds':>8} {'rows/s':>10} {'peak MB':>8} {'above imports':>13}")
-        runs: dict[str, list[dict]] = {"sluice": [], "pyfunc": []}
-        out = root / "pyfunc" / f"ds={info['ds']}" / "predictions.parquet"
+        runs: dict[str, list[dict]] = {"sluice": [], "pyfunc": [], "limit": []}
+        outs = {"pyfunc": root / "pyfunc" / f"ds={info['ds']}" / "predictions.parquet",
+                "limit": root / "limit" / "scores.parquet", "sluice": root / "unused"}
         for _ in range(args.repeat):
-            for kind in runs:  # interleaved, so that load on the shared machine hits both alike
-                runs[kind].append(r := _run_child(kind, root, info, out))
+            for kind in runs:  # interleaved, so that load on the shared machine hits all alike
+                runs[kind].append(r := _run_child(kind, root, info, outs[kind]))
                 print(f"{r['rows']:>10,} {kind:>7} {r['seconds']:>8.2f} {r['rows_per_s']:>10,.0f} "
                       f"{r['peak_mb']:>8,.0f} {r['above_imports_mb']:>13,.0f}", flush=True)
-        diff = compare(root, info, out)
+        diff = compare(root, info, outs["pyfunc"])
+        limit_diff = compare(root, info, outs["limit"], "limit")
 
     med = {k: {m: statistics.median(r[m] for r in rs) for m in ("seconds", "rows_per_s", "peak_mb",
                                                                   "above_imports_mb")} for k, rs in runs.items()}
-    s, b = med["sluice"], med["pyfunc"]
+    s, b, lim = med["sluice"], med["pyfunc"], med["limit"]
     ratio = {"rows_per_s": s["rows_per_s"] / b["rows_per_s"], "peak_mb": s["peak_mb"] / b["peak_mb"],
              "above_imports_mb": s["above_imports_mb"] / b["above_imports_mb"]}
     print(f"{'':>10} ratio sluice/pyfunc (medians of {args.repeat}): rows/s {ratio['rows_per_s']:.2f}x, "
           f"peak memory {ratio['peak_mb']:.2f}x ({s['peak_mb']:.0f} vs {b['peak_mb']:.0f} MB; above imports "
           f"{ratio['above_imports_mb']:.2f}x); same scores: max abs diff {diff:.1e}")
+    share = lim["seconds"] / s["seconds"]
+    print(f"{'':>10} limit: booster.predict alone on the same matrix takes {lim['seconds']:.2f}s; sluice's share of "
+          f"it (limit / sluice time) is {share:.0%} (goal >= 80%); same scores: max abs diff {limit_diff:.1e}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"rows": args.rows, "repeat": args.repeat, "customers": args.customers,
                                    "history": args.history, "setup": info, "runs": runs, "median": med,
-                                   "ratio_sluice_over_pyfunc": ratio, "max_abs_score_diff": diff}, indent=2) + "\n")
+                                   "ratio_sluice_over_pyfunc": ratio, "max_abs_score_diff": diff,
+                                   "limit_share": share, "max_abs_limit_diff": limit_diff}, indent=2) + "\n")
     print(f"{'':>10} written to {RESULTS}")
 
 

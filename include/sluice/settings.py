@@ -105,6 +105,46 @@ class Timeouts(BaseSettings):
     )
 
 
+class Upkeep(BaseSettings):
+    """What ``lake_maintenance`` keeps (``Settings.upkeep``, ``SLUICE_UPKEEP_*``).
+
+    A version a registered model pins (champion, previous-champion, challenger) is kept
+    whatever these say: they bound everything else.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_UPKEEP_", extra="ignore")
+
+    vacuum_retention_hours: float = Field(
+        default=168.0, ge=0,
+        description="Delete a data file once it has been out of its table this long (time travel reaches this far).",
+    )
+    log_retention_days: float = Field(
+        default=30.0, ge=0,
+        description="Delete log entries (commits, checkpoints) older than this, below the oldest version still kept.",
+    )
+    orphan_age_hours: float = Field(
+        default=6.0, ge=0,
+        description="Delete a file no commit references (a killed writer's) once it is this old: a live writer's are younger.",
+    )
+    state_retention_days: int | None = Field(
+        default=None, ge=1,
+        description="Days of state/<entity>_cumulative kept; default: the use case's longest feature window + its "
+        "label horizon + state_retention_margin_days. Never fewer than the window + horizon + 1.",
+    )
+    state_retention_margin_days: int = Field(
+        default=30, ge=1, description="Days kept beyond the longest window + horizon: how far back a day may be re-run."
+    )
+
+    @model_validator(mode="after")
+    def _vacuum_within_log(self) -> Upkeep:
+        if self.vacuum_retention_hours > self.log_retention_days * 24:
+            raise ValueError(
+                f"vacuum_retention_hours ({self.vacuum_retention_hours}) must not exceed log_retention_days "
+                f"({self.log_retention_days}) x 24: the log must reach every version whose files are kept"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """Runtime configuration. Construct with :func:`load_settings` at run time."""
 
@@ -165,6 +205,9 @@ class Settings(BaseSettings):
 
     # --- bounded waits -----------------------------------------------------------
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Timeouts and retries (SLUICE_TIMEOUT_*).")
+
+    # --- lake upkeep -----------------------------------------------------------------
+    upkeep: Upkeep = Field(default_factory=Upkeep, description="What lake_maintenance keeps (SLUICE_UPKEEP_*).")
 
     # --- overrides of the use case's spec (unset: the spec decides) ------------
     train_warmup_days: int | None = Field(

@@ -149,6 +149,33 @@ ALERTS_SENT = Table(
     "Alerts of drift_report for day ds that the webhook accepted: one row per reason, recorded after the POST.",
 )
 
+# What lake_maintenance did to each table, so that status and the view show the lake's footprint
+# without listing the object store.
+LAKE_UPKEEP = Table(
+    "lake/upkeep",
+    partitioned(
+        ("table_name", "string"),
+        ("files_before", "int64"),  # every object under the table's folder: data files and log
+        ("files_after", "int64"),
+        ("bytes_before", "int64"),
+        ("bytes_after", "int64"),
+        ("live_files", "int64"),  # data files of the latest version
+        ("live_bytes", "int64"),
+        ("version_before", "int64"),
+        ("version_after", "int64"),
+        ("pinned_versions", "string"),  # JSON list: versions kept for registered models
+        ("compacted_files", "int64"),  # small files rewritten into fewer
+        ("vacuumed_files", "int64"),
+        ("log_files_deleted", "int64"),
+        ("orphans_collected", "int64"),
+        ("retired_partitions", "string"),  # JSON list of the partition days deleted by retention
+        ("run_id", "string"),
+        ("recorded_at", "timestamp_utc"),
+    ),
+    "Upkeep of each table by lake_maintenance on day ds (appended, never rewritten): files and bytes before "
+    "and after, versions, what was compacted, vacuumed and collected.",
+)
+
 # The tables of every use case (raw, quarantine, curated, state, features, predictions)
 # depend on its spec: ``UseCase.tables`` builds them. These are the same for all.
 RECORD_TABLES: tuple[Table, ...] = (
@@ -158,6 +185,7 @@ RECORD_TABLES: tuple[Table, ...] = (
     PERFORMANCE_HISTORY,
     EARLY_RETRAINS,
     ALERTS_SENT,
+    LAKE_UPKEEP,
 )
 
 

@@ -125,7 +125,7 @@ def test_every_airflow_service_runs_the_same_use_cases_churn_by_default(compose:
                    overrides={"SLUICE_USE_CASES": "churn,purchases"})
     assert both.service_env("airflow-worker", 2)["SLUICE_USE_CASES"] == "churn,purchases"
     assert both.use_cases() == ["churn", "purchases"]
-    assert len(both.dag_ids()) == 10 and "purchases__batch_score" in both.dag_ids()
+    assert len(both.dag_ids()) == 2 * len(STAGES) and "purchases__batch_score" in both.dag_ids()
 
 
 def test_the_twin_runs_two_distinct_celery_workers(twin: Cluster) -> None:

@@ -5,7 +5,8 @@ bounded (execution_timeout from the settings) and rides out a minute's outage by
 retrying; a bad input fails it at once.
 
 Each file of dags/ builds one DAG per use case of ``SLUICE_USE_CASES``: here two
-(churn and purchases), so the folder must parse into both sets of five DAGs.
+(churn and purchases), so the folder must parse into both sets of six DAGs (the five stages and
+lake_maintenance).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"
 USE_CASES = ("churn", "purchases")
 DEPLOYED = {"SLUICE_USE_CASES": ",".join(USE_CASES)}
 EXPECTED_DAGS = {dag_id(uc, stage): (uc, stage) for uc in USE_CASES for stage in STAGES}
-DAILY = ("ingest_raw", "nightly_etl", "batch_score", "drift_report")
+DAILY = ("ingest_raw", "nightly_etl", "batch_score", "drift_report", "lake_maintenance")
 HEAVY = ("pandas", "pandera", "deltalake", "lightgbm", "mlflow", "sklearn", "evidently", "boto3", "psycopg2")
 
 
@@ -74,10 +75,10 @@ def dagbag(migrated_db: None):
     return _parse(DEPLOYED["SLUICE_USE_CASES"])
 
 
-def test_every_dag_file_imports_into_five_dags_per_use_case(dagbag) -> None:
+def test_every_dag_file_imports_into_six_dags_per_use_case(dagbag) -> None:
     assert dagbag.import_errors == {}
     assert set(dagbag.dags) == set(EXPECTED_DAGS)
-    assert len(dagbag.dags) == 10
+    assert len(dagbag.dags) == 12
 
 
 def test_parsing_makes_no_metadata_query(dagbag) -> None:
@@ -166,7 +167,7 @@ def test_every_task_body_fails_fast_on_bad_input(dagbag) -> None:
 
     wrapper = bad_input_fails_fast(lambda: None).__code__
     bodies = [(d, t) for d in dagbag.dags.values() for t in d.tasks if hasattr(t, "python_callable")]
-    assert len(bodies) == 2 * (1 + 3 + 5 + 2 + 6)  # ingest, etl, score, retrain, drift
+    assert len(bodies) == 2 * (1 + 3 + 5 + 2 + 6 + 2)  # ingest, etl, score, retrain, drift, maintenance
     for dag, task in bodies:
         assert task.python_callable.__code__ is wrapper, f"{dag.dag_id}.{task.task_id} is not wrapped"
         assert inspect.unwrap(task.python_callable).__name__ == task.task_id
@@ -331,3 +332,13 @@ def test_batch_score_waits_for_the_retraining_whose_promotion_takes_effect_on_it
         assert {a["dag_id"] for a in ti.asked} == {dag_id(use_case, "weekly_retrain")}, ti.asked
         assert [a.get("logical_dates") for a in ti.asked if a.get("logical_dates")] == [[info.logical_date]]
         assert [a.get("run_ids") for a in ti.asked if a.get("run_ids")] == [["early_retrain__2026-05-17"]]
+
+
+@pytest.mark.parametrize("use_case", USE_CASES)
+def test_lake_maintenance_retires_state_before_it_maintains_the_tables_one_run_at_a_time(
+    dagbag, use_case: str
+) -> None:
+    dag = dagbag.dags[dag_id(use_case, "lake_maintenance")]
+    assert dag.max_active_runs == 1, "two upkeeps of one lake would race to delete the same files"
+    assert dag.get_task("maintain_tables").upstream_task_ids == {"retire_old_state"}
+    assert [o.name for o in dag.get_task("maintain_tables").outlets] == [f"sluice.{use_case}.lake.upkeep"]

@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
+import pyarrow.compute as pc
+from pandera.engines import pandas_engine
 from pandera.errors import SchemaErrors
 
 from sluice.core.usecase import EXTRA_COLUMN, UseCase
@@ -96,9 +102,99 @@ def events_contract(day: dt.date, uc: UseCase) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, strict="filter", name=f"{uc.name}.raw_events")
 
 
+def _text_array(text: pd.Series) -> pyarrow.Array | None:
+    """The values as an Arrow string array, or None when they are not all text (or null)."""
+    if text.dtype != object or pd.api.types.infer_dtype(text, skipna=True) not in ("string", "empty"):
+        return None
+    return pyarrow.array(text.to_numpy(), type=pyarrow.string(), from_pandas=True)
+
+
+# Constructs Python's re accepts that RE2 reads otherwise: "{,n}" (RE2: literal text), "[[:alpha:]]"
+# (Python: a set of characters). Python refuses the others RE2 adds (\p{..}) when the spec is loaded.
+_RE2_READS_OTHERWISE = ("{,", "[:")
+
+
+def _re2_matches(text: pd.Series, anchored: str, python: Callable[[pd.Series], pd.Series]) -> np.ndarray | None:
+    """``python(text)`` (a per-value ``re`` test, null: False) computed by Arrow's RE2 where that is the same.
+
+    RE2 and Python's ``re`` read a pattern alike on printable ASCII; on other text (Unicode
+    digits and spaces, control characters) they may not, so those values get ``python``.
+    None when the values are not all text, or RE2 does not take the pattern or could read it
+    otherwise (``_RE2_READS_OTHERWISE``).
+    """
+    arr = _text_array(text)
+    if arr is None or any(construct in anchored for construct in _RE2_READS_OTHERWISE):
+        return None
+    try:
+        hit = pc.match_substring_regex(arr, anchored)
+    except pyarrow.ArrowInvalid:  # a construct RE2 lacks (backreferences, lookarounds)
+        return None
+    out = hit.fill_null(False).to_numpy(zero_copy_only=False)
+    odd = pc.invert(pc.match_substring_regex(arr, r"^[\x20-\x7e]*$")).fill_null(False).to_numpy(zero_copy_only=False)
+    if odd.any():
+        out[odd] = python(text[odd]).fillna(False).to_numpy(dtype=bool)
+    return out
+
+
 def _shaped(text: pd.Series, pattern: str) -> np.ndarray:
     """Whether each value is text of the whole ``pattern`` (null: False)."""
-    return text.astype("string").str.fullmatch(pattern).fillna(False).to_numpy(dtype=bool)
+    def python(values: pd.Series) -> pd.Series:
+        return values.astype("string").str.fullmatch(pattern)
+
+    fast = _re2_matches(text, f"^(?:{pattern})$", python)
+    return fast if fast is not None else python(text).fillna(False).to_numpy(dtype=bool)
+
+
+def _integers(text: pd.Series) -> pd.Series:
+    num = pd.to_numeric(text, errors="coerce")
+    # Whole numbers that fit in 64 bits; "inf" or 1e30 do not parse as an integer.
+    ok = num.isna() | (np.isfinite(num) & (num.abs() < 2**63) & (num == num.round()))
+    return num.where(ok).astype("Int64")
+
+
+def _timestamps(text: pd.Series) -> pd.Series:
+    return pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601").where(_shaped(text, ISO_TIMESTAMP))
+
+
+def _dates(text: pd.Series) -> pd.Series:
+    return pd.to_datetime(text, errors="coerce", format="%Y-%m-%d").where(_shaped(text, ISO_DATE))
+
+
+# How a kind of value is parsed: (the rules, a text form on which Arrow's cast gives the very same
+# values, that cast's type). The forms are the common ones and stay inside pandas' nanosecond years;
+# integers have at most 15 digits (pandas reads a column with nulls through float64, exact below 2**53).
+_PARSERS: dict[str, tuple[Callable[[pd.Series], pd.Series], str, pyarrow.DataType]] = {
+    "integer": (_integers, r"^-?[0-9]{1,15}$", pyarrow.int64()),
+    "timestamp": (_timestamps, r"^(?:19|20)[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?Z$",
+                  pyarrow.timestamp("ns", "UTC")),
+    "date": (_dates, r"^(?:19|20)[0-9]{2}-[0-9]{2}-[0-9]{2}$", pyarrow.timestamp("ns")),
+}
+
+
+def _parsed(text: pd.Series, rules: Callable[[pd.Series], pd.Series], form: str, arrow_type: pyarrow.DataType,
+            ) -> pd.Series:
+    """``rules(text)``, with the values of the common ``form`` cast by Arrow (vectorised) instead.
+
+    The rules stay the definition: they parse every other value, and all of them when Arrow
+    refuses one value of the form (an impossible date such as 2026-02-30), where they give null.
+    """
+    arr = _text_array(text)
+    if arr is None:
+        return rules(text)
+    fast = pc.match_substring_regex(arr, form).fill_null(False).to_numpy(zero_copy_only=False)
+    if not fast.any():
+        return rules(text)
+    try:
+        source = arr.filter(fast)
+        cast = pc.cast(source, pyarrow.date32()).cast(arrow_type) if arrow_type == pyarrow.timestamp("ns") \
+            else pc.cast(source, arrow_type)
+    except pyarrow.ArrowInvalid:
+        return rules(text)
+    slow = rules(text[~fast])
+    quick = pd.Series(cast.to_pandas().array, index=np.flatnonzero(fast)).astype(slow.dtype)
+    out = pd.concat([quick, pd.Series(slow.array, index=np.flatnonzero(~fast))]).sort_index()
+    out.index = text.index
+    return out.rename(text.name)
 
 
 def parse_events(raw: pd.DataFrame, uc: UseCase) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -107,17 +203,10 @@ def parse_events(raw: pd.DataFrame, uc: UseCase) -> tuple[pd.DataFrame, pd.DataF
     failures = []
     for column, kind in parsers(uc).items():
         text = raw[column]
-        if kind == "integer":
-            num = pd.to_numeric(text, errors="coerce")
-            # Whole numbers that fit in 64 bits; "inf" or 1e30 do not parse as an integer.
-            ok = num.isna() | (np.isfinite(num) & (num.abs() < 2**63) & (num == num.round()))
-            value = num.where(ok).astype("Int64")
-        elif kind == "number":
+        if kind == "number":  # (no fast path: Arrow rounds some long decimals otherwise than pandas)
             value = pd.to_numeric(text, errors="coerce").astype("float64")
-        elif kind == "timestamp":
-            value = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601").where(_shaped(text, ISO_TIMESTAMP))
         else:
-            value = pd.to_datetime(text, errors="coerce", format="%Y-%m-%d").where(_shaped(text, ISO_DATE))
+            value = _parsed(text, *_PARSERS[kind])
         broken = text.notna() & value.isna()
         if broken.any():
             failures.append(pd.DataFrame({"index": raw.index[broken], "column": column, "check": f"parse_{kind}"}))
@@ -132,6 +221,76 @@ def content_ids(raw: pd.DataFrame, columns: list[str]) -> pd.Series:
         return pd.Series(index=raw.index, dtype=object)
     joined = raw[columns].astype(object).where(raw[columns].notna(), "\x00").astype(str).agg("\x1f".join, axis=1)
     return joined.map(lambda text: "h" + hashlib.blake2b(text.encode(), digest_size=12).hexdigest())
+
+
+# Pandera's built-in comparisons, by check name: (operator, statistic).
+_COMPARISONS: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
+    "greater_than_or_equal_to": (operator.ge, "min_value"),
+    "greater_than": (operator.gt, "min_value"),
+    "less_than_or_equal_to": (operator.le, "max_value"),
+    "less_than": (operator.lt, "max_value"),
+    "equal_to": (operator.eq, "value"),
+    "not_equal_to": (operator.ne, "value"),
+}
+
+
+def _passes(values: pd.Series, check: pa.Check) -> np.ndarray | None:
+    """Where ``check`` surely passes (nulls: anything), vectorised; None for a check this does not know."""
+    stats = check.statistics or {}
+    if check.name in _COMPARISONS:
+        op, stat = _COMPARISONS[check.name]
+        result = op(values, stats[stat])
+    elif check.name == "in_range":
+        low = values >= stats["min_value"] if stats.get("include_min", True) else values > stats["min_value"]
+        high = values <= stats["max_value"] if stats.get("include_max", True) else values < stats["max_value"]
+        result = low & high
+    elif check.name in ("isin", "notin"):
+        result = values.isin(stats["allowed_values" if check.name == "isin" else "forbidden_values"])
+        result = result if check.name == "isin" else ~result
+    elif check.name == "str_matches":
+        pattern = str(stats["pattern"])
+        return _re2_matches(values, f"^(?:{pattern})", lambda v: v.str.match(pattern))
+    else:
+        return None
+    return pd.Series(result).fillna(True).to_numpy(dtype=bool)
+
+
+def _dtype_fits(values: pd.Series, column: pa.Column) -> bool:
+    """Whether pandera's dtype check passes on every row (text: a Python str or null, as pandera's own test)."""
+    if str(column.dtype) == "str":
+        return _text_array(values) is not None
+    return bool(column.dtype.check(pandas_engine.Engine.dtype(values.dtype)))
+
+
+def rows_to_validate(typed: pd.DataFrame, schema: pa.DataFrameSchema) -> np.ndarray | None:
+    """The rows that could fail ``schema`` (a superset, computed vectorised), or None: every row.
+
+    Pandera tests most checks a value at a time in Python (its dtype test of text columns
+    alone is a call per value), the largest cost of the contract. Its result on a row
+    depends only on that row, so validating just the rows some check may fail gives the
+    same failure cases, names included. Every check pandera would run is computed here
+    (strictly or more strictly); anything unknown (a check, a dtype that does not fit, a
+    whole-frame failure) answers None and pandera validates the whole frame, as before.
+    """
+    if schema.checks or schema.unique or schema.ordered or not set(schema.columns) <= set(typed.columns):
+        return None
+    suspect = np.zeros(len(typed), dtype=bool)
+    for name, column in schema.columns.items():
+        values = typed[name]
+        if not _dtype_fits(values, column):
+            return None
+        missing = values.isna().to_numpy()
+        if not column.nullable:
+            suspect |= missing
+        for check in column.checks:
+            try:
+                passed = _passes(values, check)
+            except (TypeError, ValueError):  # pandera would fail the check as a whole
+                return None
+            if passed is None:
+                return None
+            suspect |= ~passed & ~missing
+    return suspect
 
 
 @dataclass
@@ -189,8 +348,13 @@ def split_by_contract(raw: pd.DataFrame, day: dt.date, uc: UseCase) -> ContractR
             raw = pd.concat([raw[~same_id], canonical])
     raw = raw.reset_index(drop=True)
     typed, parse_failures = parse_events(raw, uc)
+    schema = events_contract(day, uc)
+    suspect = rows_to_validate(typed, schema)
     try:
-        events_contract(day, uc).validate(typed, lazy=True)
+        if suspect is None:
+            schema.validate(typed, lazy=True)
+        elif suspect.any():
+            schema.validate(typed[suspect], lazy=True)
         check_failures = parse_failures.iloc[:0]
     except SchemaErrors as err:
         cases = err.failure_cases

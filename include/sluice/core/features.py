@@ -42,10 +42,26 @@ def counter_columns(uc: UseCase) -> list[str]:
     return [f"cum_{n}" for n in uc.counters] + [f"cum_{ACTIVE_DAYS}"]
 
 
+def _by_entity_and_time(events: pd.DataFrame, uc: UseCase) -> pd.DataFrame:
+    """``events`` in a stable sort by (key, event time, event id): the last row of a key is its latest event.
+
+    Curated events are stored sorted by event id; then a stable sort on integer keys and
+    times alone gives the very same order, without comparing the id strings again (the
+    largest cost of a day's activity).
+    """
+    key, time, event_id = events[uc.key], events[uc.event_time], events[uc.event_id]
+    integral = pd.api.types.is_integer_dtype(key.dtype) and not key.isna().any()
+    timed = pd.api.types.is_datetime64_any_dtype(time.dtype) and not time.isna().any()
+    if integral and timed and event_id.is_monotonic_increasing:
+        order = np.lexsort((pd.DatetimeIndex(time).asi8, key.to_numpy(np.int64)))
+        return events.take(order)
+    return events.sort_values([uc.key, uc.event_time, uc.event_id], kind="stable")
+
+
 def daily_activity(events: pd.DataFrame, uc: UseCase) -> pd.DataFrame:
     """One row per entity active in ``events`` (one day): today's counts and latest attributes."""
     key = uc.key
-    e = events.sort_values([key, uc.event_time, uc.event_id], kind="stable")
+    e = _by_entity_and_time(events, uc)
     kind = event_kinds(e, uc)
     cols: dict[str, np.ndarray] = {key: e[key].to_numpy()}
     for name, counter in uc.counters.items():

@@ -6,7 +6,8 @@ logging of) an Airflow import.
 
 from __future__ import annotations
 
-STAGES = ("ingest_raw", "nightly_etl", "weekly_retrain", "batch_score", "drift_report")
+# Every DAG a use case has: the five stages of its loop, and the upkeep of its lake.
+STAGES = ("ingest_raw", "nightly_etl", "weekly_retrain", "batch_score", "drift_report", "lake_maintenance")
 
 
 def dag_id(use_case: str, stage: str) -> str:

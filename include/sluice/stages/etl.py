@@ -119,10 +119,11 @@ def curate_day(settings: Settings, day: dt.date, ctx: RunContext) -> dict[str, A
     return summary
 
 
-def _read_or_none(lake: Lake, table: Table, ds: str, version: int | None) -> pd.DataFrame | None:
+def _read_or_none(lake: Lake, table: Table, ds: str, version: int | None,
+                  columns: list[str] | None = None) -> pd.DataFrame | None:
     if version is None:
         return None
-    frame = lake.read_partition(table, ds, version=version).to_pandas()
+    frame = lake.read_partition(table, ds, version=version, columns=columns).to_pandas()
     return frame if len(frame) else None
 
 
@@ -148,14 +149,22 @@ def build_features_day(settings: Settings, day: dt.date, ctx: RunContext) -> dic
     curated_version = lake.version(CURATED_EVENTS)
     state_version = lake.version(STATE)
     state_days = set(lake.partitions(STATE))
-    first_day = min(state_days | {ds})
+    # The lake began with its first curated day, not its first state day: lake_maintenance
+    # retires old state partitions, and a day before the first kept one is not "all zeros".
+    first_day = min(set(lake.partitions(CURATED_EVENTS)) | state_days | {ds})
+    first_kept = min(state_days, default=None)
 
-    def state_of(d: dt.date, required: bool) -> pd.DataFrame | None:
+    def state_of(d: dt.date, required: bool, columns: list[str] | None = None) -> pd.DataFrame | None:
         key = F.day_str(d)
         if key in state_days:
-            return _read_or_none(lake, STATE, key, state_version)
+            return _read_or_none(lake, STATE, key, state_version, columns)
         if key < first_day:
             return None  # before the lake began: all totals are zero
+        if required and first_kept is not None and key < first_kept:
+            raise LakeError(
+                f"{STATE.name} {key} was retired by lake_maintenance (state is kept from {first_kept}): "
+                f"{ds} needs it and is too old to re-run (SLUICE_UPKEEP_STATE_RETENTION_DAYS sets how far back)"
+            )
         if required:
             raise LakeError(
                 f"{STATE.name} has no partition {key} but has earlier days: "
@@ -166,7 +175,9 @@ def build_features_day(settings: Settings, day: dt.date, ctx: RunContext) -> dic
     previous = state_of(day - dt.timedelta(days=1), required=True)
     events = lake.read_partition(CURATED_EVENTS, ds, version=curated_version).to_pandas()
     state = F.advance_state(previous, F.daily_activity(events, uc), day, uc)
-    lagged = {w: state_of(day - dt.timedelta(days=w), required=True) for w in uc.windows}
+    # A window needs only the totals of its earlier day (a state is one row per entity ever seen).
+    totals = [uc.key, *F.counter_columns(uc)]
+    lagged = {w: state_of(day - dt.timedelta(days=w), required=True, columns=totals) for w in uc.windows}
     feats = F.features_as_of(state, lagged, day, uc)
     horizon = day + dt.timedelta(days=uc.horizon)
     if F.day_str(horizon) in state_days:

@@ -226,7 +226,11 @@ def performance_history(settings: Settings, lake: Lake | None = None) -> dict[st
 
 
 def freshness(settings: Settings, lake: Lake | None = None) -> list[dict[str, Any]]:
-    """Every table of the lake: Delta version, latest partition and its rows, the last writer."""
+    """Every table of the lake: Delta version, latest partition and its rows, the last writer, and
+    its files and bytes after the last lake_maintenance run (``lake/upkeep``; None before one)."""
+    from sluice.stages.upkeep import upkeep_summary
+
+    upkeep = {u["table"]: u for u in upkeep_summary(settings)}
     out = []
     for status in (lake or Lake(settings)).status():
         item = asdict(status)
@@ -234,6 +238,8 @@ def freshness(settings: Settings, lake: Lake | None = None) -> list[dict[str, An
         item["last_commit"] = (
             {k: commit[k] for k in ("dag_id", "run_id", "ds", "code_version")} if commit else None
         )
+        kept = upkeep.get(item["table"])
+        item["upkeep"] = dict(kept) if kept and kept["last_upkeep"] is not None else None
         out.append(item)
     return out
 
