@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install demo test test-faults test-e2e test-all lint status serve lock bench clean cluster cluster-down
+.PHONY: install demo test test-model test-faults test-e2e test-all lint status serve lock bench clean cluster cluster-down
 
 ## The runtime pins (requirements.txt, what the image gets) plus the test and dev tools
 ## (requirements-dev.txt), resolved as one set, and the sluice package in editable mode.
@@ -27,7 +27,11 @@ demo: install
 
 ## Unit, model, DAG integrity and integration tests (real PostgreSQL, Redis, S3 server).
 test: install
-	$(BIN)/python -m pytest -m "not e2e and not faults"
+	$(BIN)/python -m pytest -m "not e2e and not faults and not behaviour"
+
+## The gate's behaviour over 20 seeds: real LightGBM models on simulated businesses, a purged holdout.
+test-model: install
+	$(BIN)/python -m pytest -m behaviour -s
 
 ## The fault experiments: killed writers, an S3 outage, a hung PostgreSQL, races, a corpus of bad files.
 test-faults: install
@@ -37,8 +41,8 @@ test-faults: install
 test-e2e: install
 	$(BIN)/python -m pytest -m e2e
 
-## Both.
-test-all: test test-faults test-e2e
+## All four.
+test-all: test test-model test-faults test-e2e
 
 ## Ruff, mypy, then the import contracts of pyproject.toml [tool.importlinter] (the layers of include/sluice).
 lint: install

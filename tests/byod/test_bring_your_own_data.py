@@ -28,7 +28,7 @@ from sluice.settings import Settings
 from sluice.stages import etl, retrain, score
 
 START = dt.date(2026, 1, 1)
-DAYS = 100
+DAYS = 105  # 30 warm-up days, then 56 matured ones for the purged split (7 + 7 + 14 days, 14 apart), 14 to mature
 OSES = ("ios", "android", "harmony")
 
 

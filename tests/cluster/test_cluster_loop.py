@@ -3,10 +3,10 @@
 The twin (sluice.ops.twin) runs in a temporary state directory with its own ports, databases,
 Redis DBs and bucket: PostgreSQL metadata, Redis broker, moto standing in for MinIO (bucket
 versioning on), an MLflow server, and Airflow's API server, scheduler, DAG processor, triggerer
-and two Celery workers. The warm-up history (January to April: models never train on the lake's
+and two Celery workers. The warm-up history (January to July: models never train on the lake's
 first 90 days) is loaded in process with sluice.stages.etl.load_history while the twin starts, into
 a staging folder that is then put into the bucket (SLUICE_CLUSTER_TEST_HISTORY=s3 loads it
-straight into the bucket: the same tables, minutes slower against moto). Airflow runs May:
+straight into the bucket: the same tables, minutes slower against moto). Airflow runs August:
 ingest + ETL backfills, weekly retraining, daily scoring published to PostgreSQL and Redis,
 drift reports. Then: every run succeeded, tasks ran on both workers, the lake is consistent, the
 champion is in the MLflow server with its files in the bucket, the published scores are the
@@ -54,11 +54,13 @@ DAG = {stage: dag_id(USE_CASE, stage) for stage in
 CUSTOMERS = 2000
 # Models never train on the lake's first 90 days, and labels mature 30 days after a snapshot:
 # the months before May are loaded in process, the way a new deployment starts.
-HISTORY_START, HISTORY_END = dt.date(2026, 1, 1), dt.date(2026, 4, 30)
-START, END = "2026-05-01", "2026-05-17"
-MONDAYS = ("2026-05-04", "2026-05-11")  # the weeks ending 05-10 and 05-17
-SCORE_FROM, DRIFT_FROM = "2026-05-11", "2026-05-15"
-SCORE_DAYS = [str(dt.date(2026, 5, 11) + dt.timedelta(days=i)) for i in range(7)]
+# Seven months of history: churn's 90 warm-up days, then the 88 matured days of its purged
+# split (14 train, 7 validation, 7 holdout, 30 days between each), 30 more for them to mature.
+HISTORY_START, HISTORY_END = dt.date(2026, 1, 1), dt.date(2026, 7, 30)
+START, END = "2026-07-31", "2026-08-16"
+MONDAYS = ("2026-08-03", "2026-08-10")  # the weeks ending 08-09 and 08-16
+SCORE_FROM, DRIFT_FROM = "2026-08-10", "2026-08-14"
+SCORE_DAYS = [str(dt.date(2026, 8, 10) + dt.timedelta(days=i)) for i in range(7)]
 EXPECTED_RUNS = {DAG["ingest_raw"]: 17, DAG["nightly_etl"]: 17, DAG["weekly_retrain"]: 2, DAG["batch_score"]: 7,
                  DAG["drift_report"]: 3}
 
@@ -254,7 +256,7 @@ def test_the_lake_is_consistent(loop: Loop) -> None:
     feature_rows, predicted_rows = lake.partition_rows(TABLES.features), lake.partition_rows(TABLES.predictions)
     assert {d: predicted_rows[d] for d in SCORE_DAYS} == {d: feature_rows[d] for d in SCORE_DAYS}
     assert lake.partitions(DRIFT_HISTORY) == _days(dt.date.fromisoformat(DRIFT_FROM), dt.date.fromisoformat(END))
-    assert lake.partitions(MODEL_DECISIONS) == ["2026-05-10", "2026-05-17"]
+    assert lake.partitions(MODEL_DECISIONS) == ["2026-08-09", "2026-08-16"]
 
 
 def test_the_champion_is_in_the_mlflow_server_and_its_files_in_the_bucket(loop: Loop) -> None:

@@ -42,16 +42,18 @@ INGEST, ETL, RETRAIN, SCORE, DRIFT = (
     dag_id(USE_CASE, stage) for stage in ("ingest_raw", "nightly_etl", "weekly_retrain", "batch_score", "drift_report")
 )
 
-# The months before START are loaded in-process (`sluice load-history`): features need
-# 90 days of history before a model may learn from them (churn's training.warmup_days) and
-# labels 30 more days to mature. Airflow runs the rest.
-HISTORY_START, HISTORY_END = dt.date(2026, 1, 1), dt.date(2026, 4, 30)
-START, END = "2026-05-01", "2026-05-17"
-MONDAYS = ("2026-04-27", "2026-05-11")  # weeks ending 05-03 (too early: skips), 05-10, 05-17
-SCORE_FROM = "2026-05-11"
-SCORE_DAYS = [str(dt.date(2026, 5, 11) + dt.timedelta(days=i)) for i in range(7)]
+# The months before START are loaded in-process (`sluice load-history`); Airflow runs the rest.
+# A model learns only from matured labels (30 days after the snapshot) after the lake's first 90
+# days (churn's training.warmup_days), and churn's purged split needs 88 of them (14 train, 7
+# validation, 7 holdout, 30 days between each): the week ending 07-26 has 87 (it skips), the
+# weeks ending 08-02 and 08-09 have 94 and 101.
+HISTORY_START, HISTORY_END = dt.date(2026, 1, 1), dt.date(2026, 7, 23)
+START, END = "2026-07-24", "2026-08-09"
+MONDAYS = ("2026-07-20", "2026-08-03")  # weeks ending 07-26 (too early: skips), 08-02, 08-09
+SCORE_FROM = "2026-08-03"
+SCORE_DAYS = [str(dt.date(2026, 8, 3) + dt.timedelta(days=i)) for i in range(7)]
 # From this day on, customers come back half as often (the simulator's engagement_drop).
-SWITCH = "2026-05-13"
+SWITCH = "2026-08-05"
 REDIS_DB = 7
 
 
@@ -141,13 +143,13 @@ def test_weekly_retraining_gates_and_promotes(stack) -> None:
 
     lake = Lake(settings)
     decided = lake.partitions(MODEL_DECISIONS)
-    assert decided == ["2026-05-10", "2026-05-17"], "weeks without matured, warmed-up labels skip"
-    first = lake.read_partition(MODEL_DECISIONS, "2026-05-10").to_pylist()[-1]
+    assert decided == ["2026-08-02", "2026-08-09"], "weeks without matured, warmed-up labels skip"
+    first = lake.read_partition(MODEL_DECISIONS, "2026-08-02").to_pylist()[-1]
     record = json.loads(first["decision_json"])
     assert record["champion"] is None
     assert first["promoted"], f"the first model clears the floors: {first['reason']} / {record['checks']}"
     assert [c["name"] for c in record["checks"]] == ["floors"]
-    second = json.loads(lake.read_partition(MODEL_DECISIONS, "2026-05-17").to_pylist()[0]["decision_json"])
+    second = json.loads(lake.read_partition(MODEL_DECISIONS, "2026-08-09").to_pylist()[0]["decision_json"])
     assert {c["name"] for c in second["checks"]} == {"floors", "improvement", "slices", "calibration"}
     assert all(c["reason"] for c in second["checks"])
 
@@ -157,8 +159,8 @@ def test_weekly_retraining_gates_and_promotes(stack) -> None:
     assert champion is not None
     assert champion.tags["gate.promote"] == "True"
     history = promotions.history(lake)
-    # Decided as of Sunday 05-10, champion from Monday 05-11 (the first day batch_score scores).
-    assert (history[0]["decision_ds"], history[0]["ds"]) == ("2026-05-10", "2026-05-11")
+    # Decided as of Sunday 08-02, champion from Monday 08-03 (the first day batch_score scores).
+    assert (history[0]["decision_ds"], history[0]["ds"]) == ("2026-08-02", "2026-08-03")
     assert history[-1]["model_version"] == champion.version
     for version in registry.versions():
         assert version.tags.get("feature_table_version"), "every version records its training data"
@@ -278,7 +280,7 @@ def test_scoring_waits_for_the_retraining_that_takes_effect_on_its_day(stack) ->
     of D-1 is still queued: that run's promotion would make D's champion. Here the retraining stays
     queued (its DAG is paused) until the test lets it run; scoring starts only after it."""
     airflow, settings = stack
-    day, decided = "2026-05-15", "2026-05-14"
+    day, decided = "2026-08-07", "2026-08-06"
     airflow.cli("dags", "pause", RETRAIN)
     try:
         retrain_run = airflow.trigger(

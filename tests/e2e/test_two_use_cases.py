@@ -59,13 +59,15 @@ class Plan:
         return (dt.date.fromisoformat(self.etl_to) - dt.date.fromisoformat(self.etl_from)).days + 1
 
 
-# churn: the lake's first 90 days are never trained on and labels mature after 30 days, so the
-# Sunday 05-17 has 17 matured snapshot days (04-01 .. 04-17). purchases: 180 warm-up days and a
-# 90-day horizon, so its Sunday 10-11 has 14 (06-30 .. 07-13).
+# A model learns from matured labels after the warm-up, split with a purge of one label horizon
+# between train (14 days), validation (7) and holdout (7). churn: 90 warm-up days, a 30-day
+# horizon, so its Sunday 08-02 has 94 matured snapshot days (04-01 .. 07-03), 88 needed.
+# purchases: 180 warm-up days and a 90-day horizon (208 needed), so its Sunday 2027-04-25 has 210
+# (2026-06-30 .. 2027-01-25).
 PLANS = {
-    "churn": Plan("churn", "2026-05-16", "2026-05-19", "2026-05-11", "2026-05-17", ("2026-05-18", "2026-05-19")),
+    "churn": Plan("churn", "2026-08-01", "2026-08-04", "2026-07-27", "2026-08-02", ("2026-08-03", "2026-08-04")),
     "purchases": Plan(
-        "purchases", "2026-10-10", "2026-10-13", "2026-10-05", "2026-10-11", ("2026-10-12", "2026-10-13")
+        "purchases", "2027-04-24", "2027-04-27", "2027-04-19", "2027-04-25", ("2027-04-26", "2027-04-27")
     ),
 }
 

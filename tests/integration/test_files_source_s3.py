@@ -139,7 +139,8 @@ def test_extract_reads_every_landed_format_as_text(landed, bucket, s3_endpoint, 
     columns = [c for c in RAW_FIELDS if c not in ("event_id", *numeric)]
     pd.testing.assert_frame_equal(got.loc[json_ids, columns], expected.loc[json_ids, columns])
     pd.testing.assert_frame_equal(
-        got.loc[json_ids, numeric].apply(pd.to_numeric), expected.loc[json_ids, numeric].apply(pd.to_numeric)
+        got.loc[json_ids, numeric].apply(pd.to_numeric).astype(float),
+        expected.loc[json_ids, numeric].apply(pd.to_numeric).astype(float),
     )
 
     # Nulls are nulls in every format.

@@ -40,7 +40,7 @@ RAW_EVENTS = CHURN.tables.raw
 UTC = dt.UTC
 DAYS = [dt.date(2026, 3, 1), dt.date(2026, 3, 2), dt.date(2026, 3, 3)]
 ODD_DAY = dt.date(2026, 3, 10)  # rows with nulls, empty strings and look-alike texts
-SIM = SimulatorSource(n_customers=300, seed=5)
+SIM = SimulatorSource(n_customers=500, seed=5)
 
 DDL = """
 CREATE TABLE {table} (

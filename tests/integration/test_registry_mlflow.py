@@ -337,7 +337,10 @@ def test_promote_by_hand_and_rollback_record_history_and_need_a_reason(ml_settin
 # -- weekly_retrain, end to end -----------------------------------------------------------
 
 HISTORY_START = dt.date(2026, 1, 1)
-HISTORY_DAYS = 45  # 15 matured snapshot days: train 9, validation 3, holdout 3
+# The first retraining (as of the third-last day) has just enough matured snapshot days after a
+# 30-day warm-up for churn's purged split: 14 train, 7 validation, 7 holdout, 30 days between each.
+WARMUP_DAYS = 30
+HISTORY_DAYS = WARMUP_DAYS + T.SplitPlan.of(CHURN).min_span + CHURN.horizon + 2
 HISTORY_CUSTOMERS = 1500
 HISTORY_SEED = 3
 
@@ -391,7 +394,7 @@ FORCE_REASON = "hotfix approved by the on-call data scientist"
 
 @pytest.fixture(scope="module")
 def retrain_chain(s3_endpoint, tmp_path_factory, mlflow_template) -> Iterator[RetrainChain]:
-    """A 45-day lake (the pipeline's own output), then four retrain calls for its last day."""
+    """A 150-day lake (the pipeline's own output), then the retrain calls of the chain."""
     import boto3
     import matplotlib.pyplot as plt
 
@@ -419,7 +422,7 @@ def retrain_chain(s3_endpoint, tmp_path_factory, mlflow_template) -> Iterator[Re
             mlflow_artifact_uri=f"s3://{bucket}/mlflow",
             sim_customers=HISTORY_CUSTOMERS,
             sim_seed=HISTORY_SEED,
-            train_warmup_days=0,  # the mechanics of retraining, on a short history (churn's spec says 90)
+            train_warmup_days=WARMUP_DAYS,  # the mechanics of retraining, on a shorter history (churn's spec: 90)
             use_case="churn",
         )
         days = [HISTORY_START + dt.timedelta(days=i) for i in range(HISTORY_DAYS)]

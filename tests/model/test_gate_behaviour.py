@@ -13,14 +13,15 @@ from sluice.core.usecase import load_use_case
 from sluice.stages.retrain import gate_policy
 
 N = 6000
-# The gate as churn configures it (floors, margin, guarded slices plan and region), fewer resamples.
+# The gate as churn configures it (floors, margin, every category feature guarded), fewer resamples.
 POLICY = dataclasses.replace(gate_policy(load_use_case("churn")), n_bootstrap=200)
 
 
 def test_the_policy_is_churns_gate() -> None:
-    assert POLICY.guarded_slices == ("plan", "region")
-    assert dict(POLICY.floors) == {"roc_auc": 0.70, "pr_auc": 0.15}
-    assert (POLICY.primary_metric, POLICY.min_improvement, POLICY.slice_min_rows) == ("roc_auc", 0.002, 300)
+    # Every category feature is guarded, and the PR-AUC floor is relative to the base rate.
+    assert POLICY.guarded_slices == ("plan", "region", "channel", "device")
+    assert dict(POLICY.floors) == {"roc_auc": 0.70, "pr_auc_lift": 2.0}
+    assert (POLICY.primary_metric, POLICY.min_improvement, POLICY.slice_min_rows) == ("roc_auc", 0.005, 300)
     # The platform's default guards no slice: a use case names its own.
     assert GatePolicy().guarded_slices == ()
 
@@ -31,7 +32,10 @@ def _holdout(seed: int = 0):
     y = (rng.random(N) < 1 / (1 + np.exp(-(2.2 * signal - 2.2)))).astype(int)  # ~15% positives
     plan = rng.choice(["basic", "standard", "premium"], size=N, p=[0.5, 0.35, 0.15])
     region = rng.choice(["na", "eu", "apac", "latam"], size=N, p=[0.4, 0.3, 0.2, 0.1])
-    return rng, signal, y, {"plan": plan, "region": region}
+    channel = rng.choice(["organic", "paid_search", "social", "referral", "partner"], size=N,
+                         p=[0.35, 0.25, 0.2, 0.12, 0.08])
+    device = rng.choice(["ios", "android", "web"], size=N)
+    return rng, signal, y, {"plan": plan, "region": region, "channel": channel, "device": device}
 
 
 def _model(rng, signal, noise: float) -> np.ndarray:
@@ -83,8 +87,12 @@ def test_small_slices_are_not_guarded() -> None:
     tiny = np.zeros(N, dtype=bool)
     tiny[:100] = True
     challenger[tiny] = rng.random(100)
-    d = decide(y, challenger, champion, {"plan": np.where(tiny, "tiny", "big"), "region": slices["region"]}, POLICY)
-    assert all(e["slice"] != "plan=tiny" for e in _check(d, "slices").numbers["examined"])
+    d = decide(y, challenger, champion, slices | {"plan": np.where(tiny, "tiny", "big")}, POLICY)
+    numbers = _check(d, "slices").numbers
+    assert all(e["slice"] != "plan=tiny" for e in numbers["examined"])
+    # Skipped, and the record says why.
+    assert {"slice": "plan=tiny", "rows": 100, "reason": "100 rows < 300"} in numbers["skipped"]
+    assert {e["slice"] for e in numbers["examined"]} >= {"plan=big", "region=na", "channel=partner", "device=web"}
     assert d.promote
 
 
@@ -135,3 +143,34 @@ def test_forced_promotion_needs_and_records_a_reason() -> None:
     f = forced(d, "incident 42: old model broken")
     assert f.promote and f.forced and f.forced_reason == "incident 42: old model broken"
     assert json.loads(f.to_json())["forced_reason"] == "incident 42: old model broken"
+
+
+def test_the_bootstraps_auc_is_sklearns_with_sample_weights() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from sluice.core.gate import weighted_roc_auc
+
+    rng = np.random.default_rng(5)
+    for n in (40, 3000):
+        y = (rng.random(n) < 0.2).astype(int)
+        p = np.round(rng.random(n) * 0.6 + 0.3 * y, 2)  # many ties
+        auc = weighted_roc_auc(y, p)
+        for _ in range(5):
+            w = rng.integers(0, 4, n).astype(float)
+            kept = w > 0
+            assert auc(w) == pytest.approx(roc_auc_score(y[kept], p[kept], sample_weight=w[kept]), abs=1e-12)
+
+
+def test_resampling_customers_widens_the_interval_when_each_is_in_the_holdout_several_days() -> None:
+    from sluice.core.gate import paired_bootstrap
+
+    rng, signal, y, _ = _holdout(9)
+    # 1,000 customers, each on 6 days with the same label and the same scores: 6,000 rows that
+    # hold the evidence of 1,000.
+    customers = np.repeat(np.arange(1000), 6)
+    a = _model(rng, signal[:1000], 0.5)[customers]
+    b = _model(rng, signal[:1000], 0.6)[customers]
+    y = y[:1000][customers]
+    _, lo_rows, hi_rows = paired_bootstrap(y, a, b, "roc_auc", 300, 0.95, 0)
+    _, lo_customers, hi_customers = paired_bootstrap(y, a, b, "roc_auc", 300, 0.95, 0, customers)
+    assert hi_customers - lo_customers > 1.5 * (hi_rows - lo_rows)

@@ -98,6 +98,8 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
         "SLUICE_USE_CASES": USE_CASE,
         "SLUICE_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "SLUICE_SIM_CUSTOMERS": str(CUSTOMERS),
+        # Four months of history: without churn's 90-day warm-up they hold one purged split.
+        "SLUICE_TRAIN_WARMUP_DAYS": "0",
         "SLUICE_CODE_VERSION": "ui-test",
         "MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT": "0",
         # A real login: no automatic admin; one user whose password is in a file of ours.

@@ -146,7 +146,7 @@ def test_label_snapshot_is_one_exactly_without_an_event_in_the_horizon(last_even
 
 @pytest.fixture(scope="module")
 def sim_events() -> dict[dt.date, pd.DataFrame]:
-    sim = SimulatorSource(n_customers=400, seed=5)
+    sim = SimulatorSource(n_customers=800, seed=5)
     start = dt.date(2026, 1, 1)
     return {start + dt.timedelta(days=i): sim.events_for_day(start + dt.timedelta(days=i)) for i in range(100)}
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from sluice.core import features as F
 from sluice.core import train as T
+from sluice.core.history import feature_history
 from sluice.core.usecase import load_use_case
 from sluice.tables import PARTITION_COLUMN
 from usecases.churn.simulator import SimulatorSource
@@ -44,9 +44,14 @@ def lake_features(history_lake) -> pd.DataFrame:
     return history_lake.lake.read_table(FEATURES_CUSTOMER_DAILY).to_pandas()
 
 
+# The session's history lake is short (10 matured days): the mechanics of training run on it
+# with an unpurged plan. The use case's own, purged plan is tested on longer histories below.
+MECHANICS = T.SplitPlan(holdout_days=3, validation_days=3, purge_days=0, min_train_days=1)
+
+
 @pytest.fixture(scope="module")
 def lake_split(lake_features) -> T.Split:
-    return T.time_split(T.matured(lake_features, UC))
+    return T.time_split(T.matured(lake_features, UC), MECHANICS)
 
 
 @pytest.fixture(scope="module")
@@ -56,27 +61,17 @@ def fitted(lake_split) -> T.FittedModel:
 
 @pytest.fixture(scope="module")
 def simulated_split() -> T.Split:
-    """A larger matured history built in memory with the feature functions (no lake: 2 s).
+    """A longer matured history built in memory with the feature functions (no lake: a few s),
+    split as the use case says: purged by its 30-day horizon.
 
     The session's history lake has only ~9 distinct churners in its holdout, too few to
     tell a model that knows nothing (ROC-AUC 0.5) from one that is wrong by chance (0.35).
-    Here the holdout has ~100 churn labels from ~35 customers.
     """
     source = SimulatorSource(n_customers=3000, seed=3)
     start = dt.date(2026, 1, 1)
-    states: dict[dt.date, pd.DataFrame] = {}
-    snapshots: dict[dt.date, pd.DataFrame] = {}
-    for i in range(45):
-        day = start + dt.timedelta(days=i)
-        activity = F.daily_activity(source.events_for_day(day), UC)
-        state = F.advance_state(states.get(day - dt.timedelta(days=1)), activity, day, UC)
-        states[day] = state
-        lagged = {w: states.get(day - dt.timedelta(days=w)) for w in UC.windows}
-        snapshots[day] = F.features_as_of(state, lagged, day, UC)
-        labelled = day - dt.timedelta(days=UC.horizon)
-        if labelled in snapshots:
-            snapshots[labelled] = F.label_snapshot(snapshots[labelled], state, labelled, UC)
-    return T.time_split(T.matured(pd.concat(snapshots.values(), ignore_index=True), UC))
+    days = [start + dt.timedelta(days=i) for i in range(UC.horizon + T.SplitPlan.of(UC).min_span + 2)]
+    frame = feature_history(((day, source.events_for_day(day)) for day in days), UC)
+    return T.time_split(T.matured(frame, UC), T.SplitPlan.of(UC))
 
 
 def holdout_auc(split: T.Split, model: T.FittedModel) -> float:
@@ -122,7 +117,7 @@ def test_matured_on_the_lake_respects_as_of(history_lake, lake_features):
 
 def test_time_split_holds_out_the_most_recent_days():
     frame = days_frame(10)
-    split = T.time_split(frame)
+    split = T.time_split(frame, MECHANICS)
     days = sorted(frame[DS].unique())
     assert sorted(split.holdout[DS].unique()) == days[-3:]
     assert sorted(split.validation[DS].unique()) == days[-6:-3]
@@ -138,38 +133,78 @@ def test_time_split_holds_out_the_most_recent_days():
 
 
 def test_time_split_sizes_are_configurable():
-    split = T.time_split(days_frame(12), holdout_days=2, validation_days=4)
+    plan = T.SplitPlan(holdout_days=2, validation_days=4, purge_days=0, min_train_days=6)
+    split = T.time_split(days_frame(12), plan)
     assert split.holdout[DS].nunique() == 2 and split.validation[DS].nunique() == 4
     assert split.train[DS].nunique() == 6
 
 
-def test_time_split_on_the_lake_puts_no_day_in_two_parts(lake_split):
-    parts = {"train": lake_split.train, "validation": lake_split.validation, "holdout": lake_split.holdout}
-    day_sets = {name: set(part[DS]) for name, part in parts.items()}
-    assert not (day_sets["train"] & day_sets["validation"])
-    assert not (day_sets["train"] & day_sets["holdout"])
-    assert not (day_sets["validation"] & day_sets["holdout"])
-    # By time: every training day before every validation day before every holdout day.
-    assert max(day_sets["train"]) < min(day_sets["validation"])
-    assert max(day_sets["validation"]) < min(day_sets["holdout"])
-    assert all(len(part) for part in parts.values())
+def test_the_use_cases_plan_purges_by_its_label_horizon():
+    plan = T.SplitPlan.of(UC)
+    assert plan.purge_days == UC.horizon == 30
+    assert (plan.holdout_days, plan.validation_days, plan.min_train_days, plan.max_train_days) == (7, 7, 14, 60)
+    assert plan.min_span == 14 + 7 + 7 + 2 * 30
+    # SLUICE_TRAIN_MAX_DAYS shortens the train window, never the purge.
+    assert T.SplitPlan.of(UC, 20).max_train_days == 20 and T.SplitPlan.of(UC, 20).purge_days == 30
+
+
+def test_no_training_label_window_reaches_a_validation_or_holdout_day():
+    plan = T.SplitPlan.of(UC)
+    frame = days_frame(plan.max_span + 25, rows_per_day=2)
+    split = T.time_split(frame, plan)
+    first_validation = dt.date.fromisoformat(min(split.validation[DS]))
+    first_holdout = dt.date.fromisoformat(min(split.holdout[DS]))
+    for ds in split.train[DS].unique():
+        # The label of snapshot d looks at (d, d + horizon]: it must end before the next part begins.
+        assert dt.date.fromisoformat(ds) + dt.timedelta(days=UC.horizon) < first_validation, ds
+    for ds in split.validation[DS].unique():
+        assert dt.date.fromisoformat(ds) + dt.timedelta(days=UC.horizon) < first_holdout, ds
+    assert split.train[DS].nunique() == plan.max_train_days
+    assert split.holdout[DS].max() == frame[DS].max()
+
+
+def test_the_purged_split_of_a_simulated_history_keeps_labels_out_of_the_holdout(simulated_split):
+    split = simulated_split
+    latest_train = dt.date.fromisoformat(split.train[DS].max())
+    latest_validation = dt.date.fromisoformat(split.validation[DS].max())
+    assert latest_train + dt.timedelta(days=UC.horizon) < dt.date.fromisoformat(split.validation[DS].min())
+    assert latest_validation + dt.timedelta(days=UC.horizon) < dt.date.fromisoformat(split.holdout[DS].min())
+    # The same customers appear in all three parts (that is why the purge matters).
+    assert set(split.train["customer_id"]) & set(split.holdout["customer_id"])
+
+
+def test_time_split_skips_missing_days_by_date_not_by_position():
+    # A gap in the lake (a day never built) must not shrink the purge.
+    plan = T.SplitPlan(holdout_days=2, validation_days=2, purge_days=5, min_train_days=2)
+    frame = days_frame(30)
+    frame = frame[~frame[DS].isin(["2026-01-20", "2026-01-21", "2026-01-22"])]
+    split = T.time_split(frame, plan)
+    assert sorted(split.holdout[DS].unique()) == ["2026-01-29", "2026-01-30"]
+    # Validation: the last two days more than 5 days before 01-29 (01-20 .. 01-22 are missing).
+    assert sorted(split.validation[DS].unique()) == ["2026-01-19", "2026-01-23"]
+    assert max(split.train[DS]) == "2026-01-13"
 
 
 @pytest.mark.parametrize("n_days", [0, 1, 6])
 def test_time_split_refuses_too_few_days(n_days):
     frame = days_frame(n_days)
-    with pytest.raises(ValueError, match=f"need at least 7 matured snapshot days, have {n_days}"):
-        T.time_split(frame)
+    with pytest.raises(T.NotEnoughData, match="need 7 consecutive matured snapshot days"):
+        T.time_split(frame, MECHANICS)
 
 
-def test_time_split_refuses_too_few_days_for_custom_sizes():
-    with pytest.raises(ValueError, match="need at least 11 matured snapshot days, have 10"):
-        T.time_split(days_frame(10), holdout_days=5, validation_days=5)
+def test_time_split_refuses_what_the_purge_leaves_too_short():
+    plan = T.SplitPlan.of(UC)
+    frame = days_frame(plan.min_span - 1)
+    with pytest.raises(T.NotEnoughData, match=r"need 88 consecutive .* two purges of 30 days .* have 87"):
+        T.time_split(frame, plan)
+    assert len(T.time_split(days_frame(plan.min_span), plan).train[DS].unique()) == plan.min_train_days
 
 
-def test_time_split_refuses_an_empty_holdout():
+def test_a_plan_refuses_an_empty_part():
     with pytest.raises(ValueError):
-        T.time_split(days_frame(10), holdout_days=0)
+        T.SplitPlan(holdout_days=0)
+    with pytest.raises(ValueError):
+        T.SplitPlan(min_train_days=10, max_train_days=5)
 
 
 # -- model_matrix --------------------------------------------------------------------------
@@ -216,7 +251,7 @@ def test_model_matrix_turns_an_unseen_category_into_missing(lake_features, fitte
 
 def test_fit_learns_on_simulator_data(lake_split, fitted):
     auc = holdout_auc(lake_split, fitted)
-    assert auc > 0.75, auc
+    assert auc > 0.65, auc  # a small lake's three holdout days; the simulated history below is the harder test
     assert 0 < fitted.best_iteration <= 400
     assert fitted.params["seed"] == T.DEFAULT_PARAMS["seed"] and fitted.params["deterministic"] is True
     # The platform's defaults with the use case's own parameters on top (churn bags and subsamples).
@@ -229,7 +264,7 @@ def test_fit_learns_on_simulator_data(lake_split, fitted):
 
 def test_fit_is_deterministic(history_lake, lake_split, fitted):
     # The same data read again from the lake into new frames: the same model.
-    again = T.time_split(T.matured(history_lake.lake.read_table(FEATURES_CUSTOMER_DAILY).to_pandas(), UC))
+    again = T.time_split(T.matured(history_lake.lake.read_table(FEATURES_CUSTOMER_DAILY).to_pandas(), UC), MECHANICS)
     refit = T.fit(again, UC)
     assert refit.best_iteration == fitted.best_iteration
     np.testing.assert_array_equal(refit.predict(lake_split.holdout), fitted.predict(lake_split.holdout))
@@ -264,7 +299,7 @@ def test_a_model_trained_on_shuffled_labels_knows_nothing(simulated_split):
     # One noise model can by chance rank by an informative feature (either way round);
     # on average over permutations it knows nothing, and never comes close to the real one.
     assert abs(np.mean(shuffled_aucs) - 0.5) < 0.1, shuffled_aucs
-    assert real > 0.8, real
+    assert real > 0.72, real
     assert max(shuffled_aucs) < real - 0.1, (real, shuffled_aucs)
 
 

@@ -1,7 +1,7 @@
 """Fit a use case's model: pure functions from a feature frame to a fitted model.
 
 The split is by time (train, validation, holdout = the most recent matured
-snapshot days), never random. LightGBM runs with deterministic settings (fixed
+snapshot days, each a label horizon apart: ``SplitPlan``), never random. LightGBM runs with deterministic settings (fixed
 seed, one thread, column-wise histograms), so the same data and parameters give
 the same model, and no OpenMP thread pool is left behind in a forked worker.
 """
@@ -60,9 +60,9 @@ def matured(features: pd.DataFrame, uc: UseCase, as_of: dt.date | None = None) -
 
 
 def training_days(
-    days: list[str], as_of: dt.date, *, horizon: int, warmup_days: int, max_days: int = 60
+    days: list[str], as_of: dt.date, *, horizon: int, warmup_days: int, max_days: int | None = None
 ) -> list[str]:
-    """The snapshot days a model trained on ``as_of`` may learn from.
+    """The snapshot days a model trained on ``as_of`` may learn from (and be judged on).
 
     Only matured labels (snapshot <= as_of - horizon), never a day of the lake's first
     ``warmup_days`` (its longest windows still grow from zero: a model trained there
@@ -76,7 +76,72 @@ def training_days(
     warm_from = (first + dt.timedelta(days=warmup_days)).isoformat()
     cutoff = (as_of - dt.timedelta(days=horizon)).isoformat()
     usable = [d for d in ordered if warm_from <= d <= cutoff]
-    return usable[-max_days:]
+    return usable[-max_days:] if max_days else usable
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How matured snapshot days are cut by time: train, a purge, validation, a purge, holdout.
+
+    The label of a snapshot on day d looks at (d, d + horizon]. Train, validation and holdout
+    days are therefore at least ``purge_days`` (>= the horizon) apart: no training
+    snapshot's label window reaches a validation or holdout day, so neither early stopping
+    nor the gate sees the outcome of a period the model learnt from (purged time-series
+    validation, as in Lopez de Prado's "purging"). The holdout is the most recent matured
+    days; the train window takes at most ``max_train_days`` days before the first purge.
+    """
+
+    holdout_days: int = 7
+    validation_days: int = 7
+    purge_days: int = 30
+    min_train_days: int = 14
+    max_train_days: int = 60
+
+    def __post_init__(self) -> None:
+        if self.holdout_days < 1 or self.validation_days < 1 or self.min_train_days < 1:
+            raise ValueError("holdout_days, validation_days and min_train_days must all be at least 1")
+        if self.purge_days < 0 or self.max_train_days < self.min_train_days:
+            raise ValueError("purge_days must be >= 0 and max_train_days >= min_train_days")
+
+    @classmethod
+    def of(cls, uc: UseCase, max_train_days: int | None = None) -> SplitPlan:
+        """The use case's plan: its training settings, purged by (at least) its label horizon."""
+        t = uc.spec.training
+        purge = max(uc.horizon, t.purge_days or 0)
+        return cls(holdout_days=t.holdout_days, validation_days=t.validation_days, purge_days=purge,
+                   min_train_days=t.min_train_days, max_train_days=max_train_days or t.max_days)
+
+    @property
+    def min_span(self) -> int:
+        """The fewest consecutive matured days a split needs."""
+        return self.min_train_days + self.validation_days + self.holdout_days + 2 * self.purge_days
+
+    @property
+    def max_span(self) -> int:
+        """The most recent matured days a split may use: older ones are never read."""
+        return self.max_train_days + self.validation_days + self.holdout_days + 2 * self.purge_days
+
+    def cut(self, days: list[str]) -> tuple[list[str], list[str], list[str]]:
+        """(train, validation, holdout) days of ``days`` (ISO dates); raises NotEnoughData."""
+        ordered = sorted(set(days))
+
+        def before(limit: list[str], pool: list[str]) -> list[str]:
+            first = dt.date.fromisoformat(limit[0])
+            return [d for d in pool if dt.date.fromisoformat(d) + dt.timedelta(days=self.purge_days) < first]
+
+        holdout = ordered[-self.holdout_days:]
+        validation = before(holdout, ordered)[-self.validation_days:] if holdout else []
+        train = before(validation, ordered)[-self.max_train_days:] if validation else []
+        if len(holdout) < self.holdout_days or len(validation) < self.validation_days or (
+            len(train) < self.min_train_days
+        ):
+            have = f"{len(ordered)} ({ordered[0]} .. {ordered[-1]})" if ordered else "0"
+            raise NotEnoughData(
+                f"need {self.min_span} consecutive matured snapshot days ({self.min_train_days} train, "
+                f"{self.validation_days} validation, {self.holdout_days} holdout, two purges of "
+                f"{self.purge_days} days between them), have {have}"
+            )
+        return train, validation, holdout
 
 
 def fingerprint(frame: pd.DataFrame, uc: UseCase, as_of: dt.date) -> str:
@@ -99,23 +164,11 @@ def fingerprint(frame: pd.DataFrame, uc: UseCase, as_of: dt.date) -> str:
     return digest.hexdigest()
 
 
-def time_split(frame: pd.DataFrame, holdout_days: int = 3, validation_days: int = 3) -> Split:
-    """Split matured snapshots by day: the most recent days are the holdout, then validation."""
-    if holdout_days < 1 or validation_days < 1:
-        raise ValueError("holdout_days and validation_days must both be at least 1")
-    days = sorted(frame[PARTITION_COLUMN].unique())
-    if len(days) < holdout_days + validation_days + 1:
-        raise NotEnoughData(
-            f"need at least {holdout_days + validation_days + 1} matured snapshot days, have {len(days)}"
-        )
-    holdout = set(days[-holdout_days:])
-    validation = set(days[-(holdout_days + validation_days) : -holdout_days])
+def time_split(frame: pd.DataFrame, plan: SplitPlan) -> Split:
+    """Split matured snapshots by day as ``plan`` says: the most recent days are the holdout."""
+    train, validation, holdout = plan.cut([str(d) for d in frame[PARTITION_COLUMN].unique()])
     ds = frame[PARTITION_COLUMN]
-    return Split(
-        train=frame[~ds.isin(holdout | validation)],
-        validation=frame[ds.isin(validation)],
-        holdout=frame[ds.isin(holdout)],
-    )
+    return Split(train=frame[ds.isin(train)], validation=frame[ds.isin(validation)], holdout=frame[ds.isin(holdout)])
 
 
 def categories(uc: UseCase, frame: pd.DataFrame | None = None) -> dict[str, list[str]]:

@@ -226,9 +226,13 @@ class ModelSpec(_Spec):
 
 class TrainingSpec(_Spec):
     warmup_days: int | None = Field(default=None, ge=0, description="Default: the longest window.")
-    max_days: int = Field(default=60, ge=7)
-    holdout_days: int = Field(default=3, ge=1)
-    validation_days: int = Field(default=3, ge=1)
+    max_days: int = Field(default=60, ge=7, description="At most this many train snapshot days.")
+    min_train_days: int = Field(default=14, ge=1, description="Fewer train days: no retraining yet.")
+    holdout_days: int = Field(default=7, ge=1)
+    validation_days: int = Field(default=7, ge=1)
+    purge_days: int | None = Field(
+        default=None, ge=1, description="Days between train, validation and holdout; default and least: the horizon."
+    )
 
 
 Floor = Literal["roc_auc", "pr_auc", "pr_auc_lift"]
@@ -246,8 +250,12 @@ class GateSpec(_Spec):
     n_bootstrap: int = Field(default=400, ge=50)
     guarded_slices: tuple[str, ...] | Literal["all"] = "all"
     slice_min_rows: int = Field(default=300, ge=1)
+    slice_min_per_class: int = Field(default=10, ge=1, description="A slice with fewer of a class is skipped.")
     slice_tolerance: float = 0.02
     calibration_tolerance: float = 0.02
+    calibration_max_ece_ratio: float = Field(
+        default=0.5, gt=0, description="The challenger's calibration error may not exceed this share of the base rate."
+    )
 
 
 class RiskBand(_Spec):
@@ -387,6 +395,12 @@ class UseCaseSpec(_Spec):
             for s in self.gate.guarded_slices:
                 if s not in latest:
                     errors.append(f"gate.guarded_slices: {s!r} is not a category feature (latest: {sorted(latest)})")
+        t = self.training
+        if t.purge_days is not None and t.purge_days < self.label.horizon_days:
+            errors.append(f"training.purge_days: {t.purge_days} is shorter than the label horizon "
+                          f"({self.label.horizon_days}): a training label would see the holdout")
+        if t.min_train_days > t.max_days:
+            errors.append(f"training.min_train_days: {t.min_train_days} is above training.max_days ({t.max_days})")
         bands = [b.min for b in self.risk_bands]
         if not bands or bands != sorted(bands, reverse=True) or len(set(bands)) != len(bands) or bands[-1] != 0:
             errors.append("risk_bands: lower bounds must strictly decrease and end at 0")

@@ -16,6 +16,10 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sluice.core.train import SplitPlan
 
 log = logging.getLogger("sluice")
 
@@ -36,12 +40,14 @@ def _status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     uc = usecase.of(settings)
     from sluice.stages.staleness import stale_days
+    from sluice.stages.upkeep import upkeep_summary
 
     statuses = Lake(settings).status()
     stale = stale_days(settings)
+    upkeep = upkeep_summary(settings)
     if args.json:
         print(json.dumps({"use_case": uc.name, "lake": settings.lake_root, "tables": [asdict(s) for s in statuses],
-                          "stale": stale}, indent=2, default=str))
+                          "stale": stale, "upkeep": upkeep}, indent=2, default=str))
         return 0
     print(f"use case: {uc.name}   lake: {settings.lake_root}")
     header = f"{'table':31} {'version':>7} {'partitions':>10} {'latest':>11} {'rows latest':>11} {'rows total':>11}"
@@ -55,12 +61,29 @@ def _status(args: argparse.Namespace) -> int:
         )
     quarantined = next(s for s in statuses if s.table == uc.tables.quarantine.name)
     print(f"\nquarantined rows: {quarantined.rows_total:,} in {quarantined.partitions} partitions")
+    _print_upkeep(upkeep, uc.name)
     if stale:
         first = min(stale)
         print(f"\nSTALE: the state and features of {len(stale)} day(s), {first} .. {max(stale)}, were built on "
               f"inputs rewritten since ({first}: {stale[first]}).\n"
               f"  sluice rebuild --use-case {uc.name} --from {first}   brings them up to date")
     return 0
+
+
+def _print_upkeep(summary: list, use_case: str) -> None:
+    """Files and bytes per table after its last lake_maintenance run (from lake/upkeep)."""
+    done = [u for u in summary if u["last_upkeep"] is not None]
+    if not done:
+        print(f"\nlake upkeep: never ran (the {use_case}__lake_maintenance DAG is paused until unpaused)")
+        return
+    print(f"\nlake upkeep (after the last {use_case}__lake_maintenance run):")
+    header = f"{'table':31} {'files':>7} {'MB':>9} {'live files':>10} {'live MB':>9} {'pinned':>10}  last upkeep"
+    print(header)
+    print("-" * len(header))
+    for u in done:
+        pinned = ",".join(str(v) for v in u["pinned_versions"]) or "-"
+        print(f"{u['table']:31} {u['files']:>7,} {u['bytes'] / 1e6:>9.2f} {u['live_files']:>10,} "
+              f"{u['live_bytes'] / 1e6:>9.2f} {pinned:>10}  {u['last_upkeep'][:19]}")
 
 
 def _upkeep(args: argparse.Namespace) -> int:
@@ -98,19 +121,22 @@ def _days(start: str, end: str) -> int:
     return (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days + 1
 
 
-def _mondays(history_start: str, start: str, end: str, warmup_days: int, horizon: int) -> list[str]:
-    """Logical dates of the weekly runs in [start, end] that can train: their Sunday has
-    at least 7 matured snapshot days after the warm-up. Earlier weeks would only skip
-    (the end-to-end tests cover that path)."""
-    from sluice.core.train import training_days
+def _mondays(history_start: str, start: str, end: str, warmup_days: int, horizon: int, plan: SplitPlan) -> list[str]:
+    """Logical dates of the weekly runs in [start, end] that can train: their Sunday has enough
+    matured snapshot days after the warm-up for ``plan``'s purged split. Earlier weeks would
+    only skip (the end-to-end tests cover that path)."""
+    from sluice.core.train import NotEnoughData, training_days
 
     first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
     lake_days = [d.isoformat() for d in _day_range(dt.date.fromisoformat(history_start), last)]
     day = first + dt.timedelta(days=(7 - first.weekday()) % 7)
     out = []
     while day + dt.timedelta(days=6) <= last:
-        if len(training_days(lake_days, day + dt.timedelta(days=6), horizon=horizon, warmup_days=warmup_days)) >= 7:
+        try:
+            plan.cut(training_days(lake_days, day + dt.timedelta(days=6), horizon=horizon, warmup_days=warmup_days))
             out.append(day.isoformat())
+        except NotEnoughData:
+            pass
         day += dt.timedelta(days=7)
     return out
 
@@ -136,7 +162,7 @@ def _demo(args: argparse.Namespace) -> int:
     from sluice.orchestration.names import dag_id as stage_dag_id
     from sluice.settings import load_settings
     from sluice.stages import etl as pipeline
-    from sluice.stages.retrain import warmup_days
+    from sluice.stages.retrain import split_plan, warmup_days
 
     project = Path(args.project).resolve()
     home = project / ".airflow"
@@ -170,9 +196,12 @@ def _demo(args: argparse.Namespace) -> int:
         return stage_dag_id(uc.name, stage)
 
     history_start = dt.date.fromisoformat(args.history_start)
-    # By default the Airflow part starts once a model can be trained: after the warm-up, the
-    # label horizon and two weeks of matured snapshots, for 17 days.
-    default_start = history_start + dt.timedelta(days=warmup_days(settings, uc) + uc.horizon + 14)
+    # By default the Airflow part starts on the Monday of the first week that can train (after
+    # the warm-up, the matured days of one purged split and the label horizon), for 17 days:
+    # two weekly retrainings, the first promotes on the floors, the second must beat it.
+    plan = split_plan(settings, uc)
+    first_trainable = history_start + dt.timedelta(days=warmup_days(settings, uc) + plan.min_span - 1 + uc.horizon)
+    default_start = first_trainable + dt.timedelta(days=(6 - first_trainable.weekday()) % 7 - 6)
     args.start = args.start or default_start.isoformat()
     args.end = args.end or (dt.date.fromisoformat(args.start) + dt.timedelta(days=16)).isoformat()
     start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
@@ -212,7 +241,7 @@ def _demo(args: argparse.Namespace) -> int:
         # each day with the model that was champion on it, and its drift reports.
         # The last two weeks that can train: the first promotes on the floors, the
         # second must beat it (--retrain-weeks 0 retrains every week that can).
-        mondays = _mondays(args.history_start, args.start, args.end, warmup_days(settings, uc), uc.horizon)
+        mondays = _mondays(args.history_start, args.start, args.end, warmup_days(settings, uc), uc.horizon, plan)
         mondays = mondays[-args.retrain_weeks:] if args.retrain_weeks else mondays
         if mondays:
             retrain = dag_id("weekly_retrain")
@@ -232,6 +261,13 @@ def _demo(args: argparse.Namespace) -> int:
                 return 1
         else:
             step(f"no week in {args.start}..{args.end} has matured labels after the warm-up: no retraining")
+        # The lake's upkeep once the loop is done: paused at creation, as a new deployment has it
+        # during its first load; unpaused, the scheduler runs it for the latest day (catchup off).
+        upkeep = dag_id("lake_maintenance")
+        airflow.cli("dags", "unpause", upkeep)
+        step(f"airflow dags unpause {upkeep}: compaction, checkpoints, vacuum, state retention")
+        if not _wait(airflow, upkeep, 1, args.timeout, step, home):
+            return 1
     finally:
         airflow.stop()
         step("Airflow stopped")

@@ -35,14 +35,19 @@ def warmup_days(settings: Settings, uc: UseCase) -> int:
     return uc.warmup_days if settings.train_warmup_days is None else settings.train_warmup_days
 
 
+def split_plan(settings: Settings, uc: UseCase) -> T.SplitPlan:
+    """The use case's time split; SLUICE_TRAIN_MAX_DAYS may shorten its train window."""
+    return T.SplitPlan.of(uc, settings.train_max_days)
+
+
 def gate_policy(uc: UseCase) -> GatePolicy:
     """The use case's gate, as the pure gate takes it."""
     g = uc.spec.gate
     return GatePolicy(
         primary_metric=g.primary_metric, floors={str(k): v for k, v in g.floors.items()}, min_improvement=g.min_improvement,
         confidence=g.confidence, n_bootstrap=g.n_bootstrap, guarded_slices=uc.guarded_slices,
-        slice_min_rows=g.slice_min_rows, slice_tolerance=g.slice_tolerance,
-        calibration_tolerance=g.calibration_tolerance,
+        slice_min_rows=g.slice_min_rows, slice_min_per_class=g.slice_min_per_class, slice_tolerance=g.slice_tolerance,
+        calibration_tolerance=g.calibration_tolerance, calibration_max_ece_ratio=g.calibration_max_ece_ratio,
     )
 
 
@@ -54,9 +59,9 @@ def load_training_frame(lake: Lake, as_of: dt.date, settings: Settings) -> tuple
     if version is None:
         raise T.NotEnoughData(f"{FEATURES.name} does not exist yet: run nightly_etl first")
     warmup = warmup_days(settings, uc)
-    max_days = settings.train_max_days if settings.train_max_days is not None else uc.spec.training.max_days
     days = T.training_days(
-        lake.partitions(FEATURES, version=version), as_of, horizon=uc.horizon, warmup_days=warmup, max_days=max_days,
+        lake.partitions(FEATURES, version=version), as_of, horizon=uc.horizon, warmup_days=warmup,
+        max_days=split_plan(settings, uc).max_span,
     )
     if not days:
         raise T.NotEnoughData(
@@ -116,13 +121,33 @@ def _plots(y: np.ndarray, p: np.ndarray, importance: pd.Series) -> dict[str, Any
     return figs
 
 
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Pure: mean score and observed rate per score decile (the calibration table of the card)."""
+    if len(y) == 0:
+        return []
+    order = np.argsort(p, kind="stable")
+    out = []
+    for part in np.array_split(order, min(bins, len(order))):
+        out.append({"rows": int(len(part)), "mean_score": float(p[part].mean()), "observed": float(y[part].mean())})
+    return out
+
+
 def model_card(
     version: str | None, settings: Settings, feature_version: int, split: T.Split, holdout: dict, slices: dict,
-    decision: Decision, uc: UseCase,
+    decision: Decision, uc: UseCase, calibration: list[dict[str, float]] | None = None,
 ) -> str:
     rows = "\n".join(
         f"| {name} | {m['rows']:,} | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} |" for name, m in slices.items()
     )
+    skipped: list[dict[str, Any]] = next(
+        (c.numbers.get("skipped", []) for c in decision.checks if c.name == "slices"), []
+    )
+    skipped_lines = "\n".join(f"- {s['slice']}: {s['reason']}" for s in skipped) or "- none"
+    calibration_rows = "\n".join(
+        f"| {i + 1} | {b['rows']:,} | {b['mean_score']:.4f} | {b['observed']:.4f} |"
+        for i, b in enumerate(calibration or [])
+    )
+    plan = split_plan(settings, uc)
     windows = split.windows()
     label = uc.spec.label
     limitations = "\n".join(f"- {line}" for line in uc.spec.limitations) or "- none recorded in the use case"
@@ -132,7 +157,9 @@ def model_card(
 - Table: `{settings.lake_root}/{uc.tables.features.name}`, Delta version **{feature_version}** (pinned)
 - Train snapshots {windows['train'][0]} .. {windows['train'][1]} ({len(split.train):,} rows);
   validation {windows['validation'][0]} .. {windows['validation'][1]} ({len(split.validation):,});
-  holdout {windows['holdout'][0]} .. {windows['holdout'][1]} ({len(split.holdout):,}). Split by time, not at random.
+  holdout {windows['holdout'][0]} .. {windows['holdout'][1]} ({len(split.holdout):,}). Split by time, not at random,
+  purged: each part at least {plan.purge_days} days (the label horizon) after the one before it, so that no
+  training label window reaches a validation or holdout day.
 - Label: `{label.name}`, {label.description or label.when.replace("_", " ")} ({label.horizon_days}-day horizon).
 - Code version: {detected_code_version()}
 
@@ -143,6 +170,16 @@ Brier {holdout['brier']:.4f}, positive rate {holdout.get('positive_rate', float(
 | slice | rows | ROC-AUC | PR-AUC |
 |---|---|---|---|
 {rows}
+
+Slices the gate skipped (too few rows or of one class):
+{skipped_lines}
+
+## Calibration on the holdout
+Mean score against the observed rate, per score decile (a calibrated model has them close).
+
+| decile | rows | mean score | observed rate |
+|---|---|---|---|
+{calibration_rows}
 
 ## Gate decision
 {"**Promoted**" if decision.promote else "**Not promoted**"}{" (forced: " + str(decision.forced_reason) + ")" if decision.forced else ""}.
@@ -273,7 +310,7 @@ def _train_and_register(
     policy: GatePolicy,
 ) -> Candidate:
     uc = usecase.of(settings)
-    split = T.time_split(frame, uc.spec.training.holdout_days, uc.spec.training.validation_days)
+    split = T.time_split(frame, split_plan(settings, uc))
     model = T.fit(split, uc)
     holdout = split.holdout.reset_index(drop=True)
     y = holdout[uc.label].astype(int).to_numpy()
@@ -285,7 +322,7 @@ def _train_and_register(
         champ_scores = T.FittedModel.from_booster(registry.load_booster(champion.version), uc).predict(holdout)
     decision = decide(
         y, chal_scores, champ_scores, {c: holdout[c].astype(str).to_numpy() for c in policy.guarded_slices}, policy,
-        champion=champion.version if champion else None,
+        champion=champion.version if champion else None, groups=holdout[uc.key].to_numpy(),
     )
     if force_reason is not None:
         decision = forced(decision, force_reason)
@@ -329,7 +366,8 @@ def _train_and_register(
         )
         version = str(info.registered_model_version)
         decision = dataclasses.replace(decision, challenger=version)
-        card = model_card(version, settings, feature_version, split, holdout_metrics, slices, decision, uc)
+        card = model_card(version, settings, feature_version, split, holdout_metrics, slices, decision, uc,
+                          reliability(y, chal_scores))
         mlflow.log_text(card, "model_card.md")
         mlflow_run_id = run.info.run_id
 

@@ -98,13 +98,24 @@ class SimulatorSource:
         region = rng.choice(4, size=n, p=[0.4, 0.3, 0.2, 0.1])
         channel = rng.choice(5, size=n, p=[0.35, 0.25, 0.2, 0.12, 0.08])
         device = rng.choice(3, size=n, p=[0.35, 0.35, 0.3])
-        engagement = np.clip(rng.beta(4, 2.5, size=n) + 0.08 * plan, 0.2, 0.95)
-        # Hazard of the decay onset per day: basic plan, paid acquisition and the
-        # latam/apac regions churn more.
-        hazard = (1 / 450) * np.array([1.6, 1.0, 0.6])[plan] * np.array([1.0, 1.5, 1.2, 0.8, 0.9])[channel]
-        hazard *= np.array([0.9, 1.0, 1.2, 1.3])[region]
-        onset = signup + 7 + rng.exponential(1 / hazard).astype(np.int64)
-        decay_len = rng.integers(8, 22, size=n)  # days from onset to the last possible event
+        # Habits differ: daily users, weekly ones, and light users who drop by a few times a
+        # month (for whom a quiet month is no sign of leaving). Higher plans lean to habits.
+        segment = (rng.random(n) < np.array([0.30, 0.40, 0.55])[plan]).astype(int) + (rng.random(n) < 0.55)
+        base = np.array([0.10, 0.40, 0.75])[segment]
+        engagement = np.clip(base * rng.lognormal(0, 0.35, size=n), 0.02, 0.95)
+        # Hazard of leaving per day: basic plan, paid acquisition, light users and the
+        # latam/apac regions leave more; a customer's own inclination varies beyond that.
+        hazard = (1 / 520) * np.array([1.6, 1.0, 0.6])[plan] * np.array([1.0, 1.5, 1.2, 0.8, 1.3])[channel]
+        hazard *= np.array([0.9, 1.0, 1.2, 1.3])[region] * np.array([1.5, 1.0, 0.8])[segment]
+        hazard *= rng.lognormal(0, 0.5, size=n)
+        onset = signup + 7 + _onset_after(hazard, signup + 7, rng.exponential(size=n))
+        # How a customer leaves: two in five fade over days to weeks (fewer, shorter sessions, often
+        # support trouble first), the others simply stop: nothing in the data announces them.
+        fades = rng.random(n) < 0.4
+        decay_len = np.where(fades, rng.integers(6, 28, size=n), rng.integers(1, 3, size=n))
+        troubled = fades & (rng.random(n) < 0.45)
+        # Breaks (holidays, a busy month) of 1-5 weeks, after which the customer comes back.
+        pauses = rng.beta(1.5, 5.0, size=n)
         spend_scale = np.array([18.0, 35.0, 70.0])[plan] * rng.lognormal(0, 0.3, size=n)
         return pd.DataFrame(
             {
@@ -114,9 +125,12 @@ class SimulatorSource:
                 "region": region,
                 "channel": channel,
                 "device": device,
+                "segment": segment,
                 "engagement": engagement,
                 "onset": onset,
                 "decay_len": decay_len,
+                "troubled": troubled,
+                "pauses": pauses,
                 "spend_scale": spend_scale,
             }
         )
@@ -128,20 +142,23 @@ class SimulatorSource:
         t = (day - self.epoch).days
         rng = _rng(self.seed, 1, day.toordinal())
         since_onset = t - c["onset"].to_numpy()
-        decay = np.exp(-np.clip(since_onset, 0, None) / 4.0)
+        decay = np.where(since_onset >= 0, np.exp(-np.clip(since_onset, 0, None) / (c["decay_len"].to_numpy() / 2.5)), 1)
         alive = (c["signup"].to_numpy() <= t) & (since_onset < c["decay_len"].to_numpy())
         weekday = 0.85 if day.weekday() >= 5 else 1.0
         # engagement_drop: a competitor launches; everyone comes back less often, for shorter.
         dropped = 0.5 if self._drift_on("engagement_drop", day) else 1.0
-        p_active = c["engagement"].to_numpy() * decay * weekday * dropped
+        away = _on_a_break(c["customer_id"].to_numpy(), c["pauses"].to_numpy(), t, self.seed)
+        p_active = c["engagement"].to_numpy() * decay * weekday * _season(day) * dropped * np.where(away, 0.03, 1.0)
         active = alive & (rng.random(len(c)) < p_active)
         idx = np.flatnonzero(active)
         k = len(idx)
         eng = c["engagement"].to_numpy()[idx]
         decaying = since_onset[idx] >= 0
-        n_sessions = 1 + rng.poisson(1.2 * eng * np.where(decaying, 0.5, 1.0) * dropped)
+        n_sessions = 1 + rng.poisson(2.5 * eng * np.where(decaying, 0.5, 1.0) * dropped)
         n_orders = rng.binomial(1, np.clip(0.12 + 0.1 * c["plan"].to_numpy()[idx], 0, 1))
-        n_tickets = rng.binomial(1, np.where(decaying, 0.12, 0.02))
+        # Support trouble: some of those who fade complain first; anyone may have a bad day.
+        trouble = c["troubled"].to_numpy()[idx] & (since_onset[idx] >= -10)
+        n_tickets = rng.binomial(1, np.where(trouble, 0.25, 0.03))
         counts = np.stack([n_sessions, n_orders, n_tickets], axis=1)  # (k, 3)
         per_customer = counts.sum(axis=1)
         total = int(per_customer.sum())
@@ -151,7 +168,8 @@ class SimulatorSource:
         seconds = np.sort(rng.integers(0, 86_400, size=total))  # order within the day is arbitrary
         rng.shuffle(seconds)
 
-        duration = np.where(etype == 0, np.round(rng.lognormal(6.0, 0.7, size=total) * dropped), np.nan)
+        fading = np.repeat(np.where(decaying, 0.6, 1.0), per_customer)
+        duration = np.where(etype == 0, np.round(rng.lognormal(6.0, 0.7, size=total) * dropped * fading), np.nan)
         spend_factor = 1.6 if self._drift_on("spend_shift", day) else 1.0
         amount = np.where(
             etype == 1,
@@ -212,6 +230,50 @@ class SimulatorSource:
         if self.defect_rate > 0 and (not self.defect_days or day in self.defect_days):
             table = inject_defects(table, self.defect_rate, _rng(self.seed, 2, day.toordinal()))
         return table
+
+
+def _onset_after(hazard: np.ndarray, start: np.ndarray, effort: np.ndarray) -> np.ndarray:
+    """Days from ``start`` until a customer's hazard, which rises and falls with the seasons
+    (more leave after the summer and in January), has used up its ``effort`` (an Exp(1) draw)."""
+    grid = np.arange(-600, 1200)
+    seasonal = 1 + 0.35 * np.sin(2 * np.pi * (grid - 200) / 365) + 0.25 * np.exp(-(((grid % 365) - 20) / 12.0) ** 2)
+    cumulative = np.concatenate([[0.0], np.cumsum(seasonal)])  # cumulative[i]: grid days before grid[i]
+    at_start = cumulative[np.clip(start - grid[0], 0, len(grid))]
+    end = np.searchsorted(cumulative, at_start + effort / hazard)
+    return np.maximum(end + grid[0] - start, 0).astype(np.int64)
+
+
+def _season(day: dt.date) -> float:
+    """Activity over the year: a summer lull and a December peak."""
+    doy = day.timetuple().tm_yday
+    return float(1 - 0.12 * np.exp(-(((doy - 215) / 25.0) ** 2)) + 0.10 * np.exp(-(((doy - 350) / 10.0) ** 2)))
+
+
+def _on_a_break(ids: np.ndarray, propensity: np.ndarray, t: int, seed: int) -> np.ndarray:
+    """Whether each customer is on a break on day ``t``: deterministic per (seed, customer, block).
+
+    Time falls into 60-day blocks, shifted per customer; in each block a customer takes a break
+    with probability ``propensity``, of 7-35 days from an offset within the block. Any day is a
+    pure function of its arguments, so no day depends on having generated the ones before.
+    """
+    phase = _mix(ids, seed, 11) % 60
+    block = (t + phase) // 60
+    h = _mix(ids * 1_000_003 + block, seed, 12)
+    takes = (h % 10_000) / 10_000 < propensity
+    offset = (h // 10_000) % 30
+    length = 7 + (h // 300_000) % 29
+    within = (t + phase) % 60
+    return takes & (within >= offset) & (within < offset + length)
+
+
+def _mix(x: np.ndarray, seed: int, salt: int) -> np.ndarray:
+    """splitmix64 of (x, seed, salt): a cheap, well-spread hash of integers, vectorised."""
+    z = np.asarray(x, dtype=np.uint64) + np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64) + np.uint64(salt)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(1)).astype(np.int64)
 
 
 def inject_defects(table: pa.Table, rate: float, rng: np.random.Generator) -> pa.Table:
