@@ -42,9 +42,10 @@ def _status(args: argparse.Namespace) -> int:
     from sluice.stages.staleness import stale_days
     from sluice.stages.upkeep import upkeep_summary
 
-    statuses = Lake(settings).status()
+    lake = Lake(settings)
+    statuses = lake.status()
     stale = stale_days(settings)
-    upkeep = upkeep_summary(settings)
+    upkeep = upkeep_summary(settings, lake)
     if args.json:
         print(json.dumps({"use_case": uc.name, "lake": settings.lake_root, "tables": [asdict(s) for s in statuses],
                           "stale": stale, "upkeep": upkeep}, indent=2, default=str))

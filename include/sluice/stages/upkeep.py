@@ -294,13 +294,13 @@ def latest_upkeep(records: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str
     return out
 
 
-def upkeep_summary(settings: Settings) -> list[UpkeepSummary]:
+def upkeep_summary(settings: Settings, lake: Lake | None = None) -> list[UpkeepSummary]:
     """Per table of the use case: files and bytes after its last upkeep, and when that was.
 
     Read from ``lake/upkeep`` alone (one small table; the object store is not listed), so
     ``sluice status`` and the view can show it cheaply. A table never maintained has None.
     """
-    lake = Lake(settings)
+    lake = lake or Lake(settings)  # the caller's: each table is opened once per page
     rows = lake.read_table(LAKE_UPKEEP).to_pylist() if lake.exists(LAKE_UPKEEP) else []
     latest = latest_upkeep(rows)
     out = []

@@ -230,9 +230,10 @@ def freshness(settings: Settings, lake: Lake | None = None) -> list[dict[str, An
     its files and bytes after the last lake_maintenance run (``lake/upkeep``; None before one)."""
     from sluice.stages.upkeep import upkeep_summary
 
-    upkeep = {u["table"]: u for u in upkeep_summary(settings)}
+    lake = lake or Lake(settings)
+    upkeep = {u["table"]: u for u in upkeep_summary(settings, lake)}
     out = []
-    for status in (lake or Lake(settings)).status():
+    for status in lake.status():
         item = asdict(status)
         commit = item.pop("last_commit")
         item["last_commit"] = (
