@@ -6,9 +6,10 @@ and how the model scored a month ago now that the truth is known. For **partitio
 
 1. `wait_for_predictions` waits until `predictions/scores` D exists (written by `batch_score`).
 2. `build_drift_report` compares the features and scores of D with a fixed-size, seeded
-   sample of the **champion's training snapshot**: the model version that scored D
-   records the Delta version of `features/<entity>_daily` and the train window it was
-   trained on; the sample is scored with that same model. Evidently's data drift (every
+   sample of the **champion's holdout days**: the model version that scored D
+   records the Delta version of `features/<entity>_daily` and the holdout window it was
+   judged on (the most recent data it was proven on; its train window lies two purges,
+   60 days for churn, earlier); the sample is scored with that same model. Evidently's data drift (every
    feature, categoricals included), prediction drift (`score`) and missing values go to
    `<use case>/reports/drift/ds=D/report.html` and `report.json`; the summary (drift share, drifted
    columns, prediction drift, alert) replaces `monitoring/drift_history` D.

@@ -104,7 +104,7 @@ DRIFT_HISTORY = Table(
         ("alert", "bool_"),
         ("skipped_columns", "string"),  # JSON object: column -> why it was not compared ("all null", "constant")
     ),
-    "One summary row per day ds of the drift report (features and predictions of ds vs the champion's training data).",
+    "One summary row per day ds of the drift report (features and predictions of ds vs the champion's holdout days).",
 )
 
 PERFORMANCE_HISTORY = Table(

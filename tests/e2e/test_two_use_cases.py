@@ -36,7 +36,7 @@ from sluice.tables import DRIFT_HISTORY, MODEL_DECISIONS
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2700)]
 
 ENTITIES = 1500
-HISTORY_START = dt.date(2026, 1, 1)
+HISTORY_START = dt.date(2025, 1, 2)  # a Thursday, like 2026-01-01: the weekdays of the plans keep
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,14 @@ class Plan:
 
 # A model learns from matured labels after the warm-up, split with a purge of one label horizon
 # between train (14 days), validation (7) and holdout (7). churn: 90 warm-up days, a 30-day
-# horizon, so its Sunday 08-02 has 94 matured snapshot days (04-01 .. 07-03), 88 needed.
-# purchases: 180 warm-up days and a 90-day horizon (208 needed), so its Sunday 2027-04-25 has 210
-# (2026-06-30 .. 2027-01-25).
+# horizon, so its Sunday 2025-08-03 has 94 matured snapshot days (04-02 .. 07-04), 88 needed.
+# purchases: 180 warm-up days and a 90-day horizon (208 needed), so its Sunday 2026-04-26 has 210
+# (2025-07-01 .. 2026-01-26). The simulated world starts 52 weeks before the default epoch
+# (SLUICE_SIM_EPOCH): purchases needs 480 days, and Airflow refuses to backfill future dates.
 PLANS = {
-    "churn": Plan("churn", "2026-08-01", "2026-08-04", "2026-07-27", "2026-08-02", ("2026-08-03", "2026-08-04")),
+    "churn": Plan("churn", "2025-08-02", "2025-08-05", "2025-07-28", "2025-08-03", ("2025-08-04", "2025-08-05")),
     "purchases": Plan(
-        "purchases", "2027-04-24", "2027-04-27", "2027-04-19", "2027-04-25", ("2027-04-26", "2027-04-27")
+        "purchases", "2026-04-25", "2026-04-28", "2026-04-20", "2026-04-26", ("2026-04-27", "2026-04-28")
     ),
 }
 
@@ -91,12 +92,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "SLUICE_LAKE_URI": (root / "lake").as_uri(),
         "SLUICE_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "SLUICE_SIM_CUSTOMERS": str(ENTITIES),
+        "SLUICE_SIM_EPOCH": HISTORY_START.isoformat(),
         "MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT": "0",
     }
     airflow = LocalAirflow(home=root / "airflow", port=free_port(), extra_env=env)
     base = load_settings(
         lake_uri=env["SLUICE_LAKE_URI"], mlflow_tracking_uri=env["SLUICE_MLFLOW_TRACKING_URI"],
-        sim_customers=ENTITIES, use_cases=["churn", "purchases"], use_case="churn",
+        sim_customers=ENTITIES, sim_epoch=HISTORY_START, use_cases=["churn", "purchases"], use_case="churn",
     )
     settings = {name: base.for_use_case(name) for name in PLANS}
     # Both histories at once, each in its own (spawned) process, while the metadata DB is migrated.

@@ -1,7 +1,7 @@
 """Re-runs and a failing webhook: drift_report alerts once per day and reason, and duplicates no row.
 
 The tasks of the real ``churn__drift_report`` DAG (parsed from dags/, bodies run in-process
-with a hand-made run context) on a lake of their own: the champion's training days, the
+with a hand-made run context) on a lake of their own: the days the champion was judged on (its holdout), the
 scored day S = D - 30 whose labels matured (scored upside down: a performance alert), and
 day D, whose features moved (a drift alert). The webhook is a real HTTP server in a thread
 that answers what the test tells it to and counts the POSTs.
@@ -39,7 +39,7 @@ UC = load_use_case("churn")
 DAY = dt.date(2026, 3, 10)
 DS = DAY.isoformat()
 SCORED_DAY = (DAY - dt.timedelta(days=UC.horizon)).isoformat()  # its labels mature on DAY
-TRAIN_DAYS = ["2026-01-10", "2026-01-11", "2026-01-12"]
+HOLDOUT_DAYS = ["2026-01-10", "2026-01-11", "2026-01-12"]
 ROWS = 300
 ENV = {
     "SLUICE_USE_CASES": "churn",
@@ -77,7 +77,7 @@ def _labelled(frame: pd.DataFrame, labels: np.ndarray | None) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def built_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, int]:
-    """The lake as batch_score leaves it for DAY (the champion v1 trained on TRAIN_DAYS); with its booster."""
+    """The lake as batch_score leaves it for DAY (the champion v1 judged on HOLDOUT_DAYS); with its booster."""
     import lightgbm as lgb
 
     from sluice.core.train import FittedModel, model_matrix
@@ -86,10 +86,10 @@ def built_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, int
     root = tmp_path_factory.mktemp("alerts") / "lake"
     with mock.patch.dict(os.environ, ENV):
         lake = Lake(load_settings(lake_uri=str(root)))
-        train = [features_frame(seed=10 + i) for i in range(len(TRAIN_DAYS))]
+        train = [features_frame(seed=10 + i) for i in range(len(HOLDOUT_DAYS))]
         rng = np.random.default_rng(0)
         labels = [(rng.random(ROWS) < 0.3).astype(np.int8) for _ in train]
-        for ds, frame, y in zip(TRAIN_DAYS, train, labels, strict=True):
+        for ds, frame, y in zip(HOLDOUT_DAYS, train, labels, strict=True):
             pinned = _write(lake, UC.tables.features, ds, _labelled(frame, y))
         booster = lgb.train(
             {"objective": "binary", "verbose": -1, "num_threads": 1, "deterministic": True, "min_data_in_leaf": 5},
@@ -139,7 +139,7 @@ def lake_env(built_lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lak
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(_Registry, "booster", booster)
     monkeypatch.setattr(_Registry, "tags", {"feature_table_version": str(pinned),
-                                            "training_windows": json.dumps({"train": [TRAIN_DAYS[0], TRAIN_DAYS[-1]]})})
+                                            "training_windows": json.dumps({"holdout": [HOLDOUT_DAYS[0], HOLDOUT_DAYS[-1]]})})
     monkeypatch.setattr("sluice.edges.registry.Registry", _Registry)
     return Lake(load_settings())
 

@@ -218,9 +218,10 @@ def test_summary_parser_refuses_a_report_without_verdicts() -> None:
 # -- reference and sampling -----------------------------------------------------------------------
 def test_reference_spec_reads_the_tags_retrain_sets() -> None:
     tags = {"feature_table_version": "41", "training_windows": json.dumps(
-        {"train": ["2026-01-01", "2026-01-09"], "validation": ["2026-01-10", "2026-01-12"]})}
-    assert R.ReferenceSpec.from_tags("3", tags) == R.ReferenceSpec("3", 41, ("2026-01-01", "2026-01-09"))
-    with pytest.raises(monitoring.DriftError, match="does not record its training data"):
+        {"train": ["2026-01-01", "2026-01-09"], "validation": ["2026-01-10", "2026-01-12"],
+         "holdout": ["2026-01-13", "2026-01-19"]})}
+    assert R.ReferenceSpec.from_tags("3", tags) == R.ReferenceSpec("3", 41, ("2026-01-13", "2026-01-19"))
+    with pytest.raises(monitoring.DriftError, match="does not record the data it was judged on"):
         R.ReferenceSpec.from_tags("3", {"feature_table_version": "41"})
 
 
@@ -478,7 +479,7 @@ def test_samples_read_the_scored_and_the_pinned_feature_versions(settings) -> No
         "2026-01-10": 200, "2026-01-11": 200, "2026-01-12": 200}
     assert reference.loc[reference["ds"] == "2026-01-12", UC.key].max() < 400, "the pinned version"
     assert reference.equals(R.reference_sample(lake, UC, spec, 600, 0))
-    with pytest.raises(monitoring.DriftError, match="no partition in the train window"):
+    with pytest.raises(monitoring.DriftError, match="no partition in the holdout window"):
         R.reference_sample(lake, UC, R.ReferenceSpec("1", pinned, ("2025-01-01", "2025-01-31")), 10, 0)
     with pytest.raises(monitoring.DriftError, match="run batch_score for 2026-03-02"):
         C.current_sample(lake, UC, "2026-03-02", 10, 0)
@@ -539,9 +540,9 @@ def test_drift_report_of_a_day_with_an_all_null_device(settings, monkeypatch: py
     from sluice.stages.score import model_scores, predictions_table
 
     lake = Lake(settings)
-    train_days = ["2026-01-10", "2026-01-11", "2026-01-12"]
+    holdout_days = ["2026-01-10", "2026-01-11", "2026-01-12"]
     frames = []
-    for i, ds in enumerate(train_days):
+    for i, ds in enumerate(holdout_days):
         frame = synthetic(400, seed=40 + i)
         frames.append(frame)
         pinned = _write_features(lake, ds, frame)
@@ -558,7 +559,7 @@ def test_drift_report_of_a_day_with_an_all_null_device(settings, monkeypatch: py
                          RunContext().lineage(ds, {}))
     _Registry.booster = booster
     _Registry.tags = {"feature_table_version": str(pinned), "training_windows": json.dumps(
-        {"train": [train_days[0], train_days[-1]]})}
+        {"holdout": [holdout_days[0], holdout_days[-1]]})}
     monkeypatch.setattr("sluice.edges.registry.Registry", _Registry)
     policy = monitoring.load_policy(drift_reference_rows=600, drift_current_rows=300)
 

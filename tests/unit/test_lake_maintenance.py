@@ -184,9 +184,9 @@ def test_maintenance_shrinks_a_rewritten_lake_and_every_pinned_version_reads_as_
                          key=["reason_key"], lineage=RunContext("drift_report", f"r{i}").lineage(last.isoformat(), {}))
     pins = [versions[4], versions[13], versions[22]]  # as champion, previous-champion, challenger would pin them
     unpinned = versions[9]
-    train_window = (history_copy.days[0].isoformat(), last.isoformat())
+    window = (history_copy.days[0].isoformat(), last.isoformat())
     before = {v: helpers.frame_of(lake, features, version=v) for v in pins}
-    reference = {v: reference_sample(lake, uc, ReferenceSpec("1", v, train_window), 400, 0) for v in pins}
+    reference = {v: reference_sample(lake, uc, ReferenceSpec("1", v, window), 400, 0) for v in pins}
     latest_before = helpers.frame_of(lake, features)
     alerts_before = lake.read_table(ALERTS_SENT).sort_by("reason_key")
     assert not all(before[v].equals(latest_before) for v in pins), "the re-runs should have changed the features"
@@ -220,7 +220,7 @@ def test_maintenance_shrinks_a_rewritten_lake_and_every_pinned_version_reads_as_
         assert helpers.frame_of(lake, features, version=v).equals(before[v]), v
         assert Lake(settings).partition_rows(features, version=v) == {
             ds: n for ds, n in before[v].groupby(PARTITION_COLUMN).size().items()}
-        assert reference_sample(Lake(settings), uc, ReferenceSpec("1", v, train_window), 400, 0).equals(reference[v])
+        assert reference_sample(Lake(settings), uc, ReferenceSpec("1", v, window), 400, 0).equals(reference[v])
     assert helpers.frame_of(Lake(settings), features).equals(latest_before)
     with pytest.raises(OSError):  # an unpinned old version's files are gone
         Lake(settings).read_partition(features, last.isoformat(), version=unpinned)

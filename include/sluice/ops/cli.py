@@ -291,7 +291,7 @@ def _drift_summary(settings) -> None:
         print("drift: no report yet")
         return
     rows = sorted(lake.read_table(DRIFT_HISTORY).to_pylist(), key=lambda r: r["ds"])
-    print("drift reports (share of feature columns that drifted from the champion's training data):")
+    print("drift reports (share of feature columns that drifted from the data the champion was proven on, its holdout days):")
     for row in rows:
         flag = "  ALERT" if row.get("alert") else ""
         drifted = json.loads(row.get("drifted_columns") or "[]")

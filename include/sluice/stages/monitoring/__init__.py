@@ -1,7 +1,7 @@
 """Monitoring of a use case's champion, one day at a time (the drift_report DAG).
 
 * **Reference** (:mod:`.reference`): a fixed-size, seeded sample of the champion's
-  training snapshot (the feature version and train window its registry tags record),
+  holdout days (the feature version and holdout window its registry tags record),
   scored by the champion; computed once per model and kept next to the reports.
 * **Current** (:mod:`.current`): the features of D that were scored, with their scores,
   sampled to a fixed size (:mod:`.sampling`).

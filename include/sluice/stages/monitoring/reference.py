@@ -1,9 +1,16 @@
-"""The reference: a seeded sample of the champion's training snapshot, scored by the champion.
+"""The reference: a seeded sample of the champion's holdout days, scored by the champion.
 
-Read from the use case's features table at the Delta version and over the train window
+Read from the use case's features table at the Delta version and over the holdout window
 that the model version records in its registry tags, and scored with that same model, so
 that prediction drift compares like with like. It depends only on (model version,
-feature version, size, seed), so it is computed once and kept next to the reports.
+feature version, window, size, seed), so it is computed once and kept next to the reports.
+
+Why the holdout and not the train window: a purged split (``sluice.core.train.SplitPlan``)
+puts the train window two purges (60 days for churn) before the holdout, so scoring in
+August compared with April. Seasons and ageing (``tenure_days`` grows by the day) then
+drift by themselves, and the report cried wolf before anything changed. The holdout is
+the most recent data the model was judged on and passed the gate with: "the world still
+looks like the data the champion was proven on" is the question the report answers.
 """
 
 from __future__ import annotations
@@ -30,35 +37,35 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReferenceSpec:
-    """What the champion was trained on, as recorded on its registry version."""
+    """The data the champion was proven on (its holdout), as recorded on its registry version."""
 
     model_version: str
     feature_table_version: int
-    train_window: tuple[str, str]
+    window: tuple[str, str]
 
     @classmethod
     def from_tags(cls, version: str, tags: Mapping[str, str]) -> ReferenceSpec:
         """Pure: parse the tags ``sluice.stages.retrain`` sets (``feature_table_version``, ``training_windows``)."""
         try:
             feature_version = int(tags["feature_table_version"])
-            start, end = json.loads(tags["training_windows"])["train"]
+            start, end = json.loads(tags["training_windows"])["holdout"]
         except (KeyError, ValueError, TypeError) as exc:
             raise DriftError(
-                f"model version {version} does not record its training data (tags feature_table_version and "
-                f"training_windows['train']): {exc!r}"
+                f"model version {version} does not record the data it was judged on (tags feature_table_version "
+                f"and training_windows['holdout']): {exc!r}"
             ) from exc
         return cls(str(version), feature_version, (check_day(start), check_day(end)))
 
 
 def reference_sample(lake: Lake, uc: UseCase, spec: ReferenceSpec, n: int, seed: int) -> pd.DataFrame:
-    """A seeded sample of ``n`` rows of the train window at the pinned feature version."""
+    """A seeded sample of ``n`` rows of the spec's window at the pinned feature version."""
     table = uc.tables.features
     rows = lake.partition_rows(table, version=spec.feature_table_version)
-    start, end = spec.train_window
+    start, end = spec.window
     counts = {d: r for d, r in rows.items() if start <= d <= end and r > 0}
     if not counts:
         raise DriftError(
-            f"{table.name} v{spec.feature_table_version} has no partition in the train window "
+            f"{table.name} v{spec.feature_table_version} has no partition in the holdout window "
             f"{start}..{end} of model v{spec.model_version}"
         )
     version = spec.feature_table_version
@@ -77,7 +84,7 @@ def reference_uri(settings: Settings, spec: ReferenceSpec, n: int, seed: int) ->
     """Where the scored reference of ``spec`` is kept (under the reports, never served by the view)."""
     return (
         f"{reports_root(settings)}/reference/model_version={spec.model_version}/"
-        f"features_v{spec.feature_table_version}_{spec.train_window[0]}_{spec.train_window[1]}_n{n}_seed{seed}.parquet"
+        f"features_v{spec.feature_table_version}_{spec.window[0]}_{spec.window[1]}_n{n}_seed{seed}.parquet"
     )
 
 
