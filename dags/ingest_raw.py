@@ -10,6 +10,11 @@ Every declared field is kept as the source sent it (undeclared ones as JSON in
 
 * **Schedule:** daily at 00:00 UTC; run D covers the data interval [D, D+1).
 * **Reads:** the source. **Writes:** `raw/events` ds=D; marks the asset `sluice.<use case>.raw`.
+* **Volume:** `check_volume` compares the raw rows of D with the median of the 28 days
+  before it (the use case's `contract.volume`): below half or above double the median, it
+  alerts through the webhook connection `sluice_alert_webhook` with the numbers (once per
+  day) and records the verdict in `monitoring/volume_history` D. It fails the run only when
+  `contract.volume.fail` is true; otherwise the day goes on to `nightly_etl`.
 * **Manual run:** set `partition_day` (YYYY-MM-DD) in the trigger form.
 * **Backfill:** `airflow backfill create --dag-id <use case>__ingest_raw --from-date 2026-01-01 --to-date 2026-01-31`
 
@@ -59,7 +64,15 @@ def ingest_raw(ref: str, name: str) -> None:
             context = get_current_context()
             return ingest_day(runtime_settings(ref), partition_day(context), run_context(context))
 
-        extract_events()
+        @task
+        @bad_input_fails_fast
+        def check_volume() -> dict:
+            from sluice.orchestration.context import check_volume, partition_day, run_context
+
+            context = get_current_context()
+            return check_volume(ref, partition_day(context), run_context(context))
+
+        extract_events() >> check_volume()
 
     pipeline()
 

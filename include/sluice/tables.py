@@ -146,7 +146,23 @@ ALERTS_SENT = Table(
         ("run_id", "string"),
         ("status", "int32"),  # the HTTP status the webhook answered
     ),
-    "Alerts of drift_report for day ds that the webhook accepted: one row per reason, recorded after the POST.",
+    "Alerts about day ds that the webhook accepted (drift_report's, ingest_raw's volume check): one row per reason, "
+    "recorded after the POST.",
+)
+
+VOLUME_HISTORY = Table(
+    "monitoring/volume_history",
+    partitioned(
+        ("rows", "int64"),  # raw rows of ds
+        ("baseline_days", "int32"),  # days of the trailing window with data
+        ("median", "float64"),  # their median (null: no baseline yet)
+        ("ratio", "float64"),  # rows / median
+        ("low", "float64"),  # the band of contract.volume
+        ("high", "float64"),
+        ("verdict", "string"),  # ok, low, high, no_baseline
+        ("raw_version", "int64"),  # the raw table's Delta version that was counted
+    ),
+    "The volume check of ingest_raw for day ds: its raw rows against the median of the trailing days.",
 )
 
 # What lake_maintenance did to each table, so that status and the view show the lake's footprint
@@ -185,6 +201,7 @@ RECORD_TABLES: tuple[Table, ...] = (
     PERFORMANCE_HISTORY,
     EARLY_RETRAINS,
     ALERTS_SENT,
+    VOLUME_HISTORY,
     LAKE_UPKEEP,
 )
 

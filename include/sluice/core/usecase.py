@@ -134,8 +134,25 @@ class EventsSpec(_Spec):
         return self
 
 
+class VolumeSpec(_Spec):
+    """How many raw rows a day may have: a band around the median of the trailing days."""
+
+    trailing_days: int = Field(default=28, ge=1, le=366, description="The days before D whose median is the baseline.")
+    min_days: int = Field(default=7, ge=1, description="Fewer days with data than this: no baseline, no verdict.")
+    max_drop: float = Field(default=0.5, gt=0.0, lt=1.0, description="Alert below (1 - max_drop) x the median.")
+    max_rise: float = Field(default=1.0, gt=0.0, description="Alert above (1 + max_rise) x the median.")
+    fail: bool = Field(default=False, description="Fail ingest_raw's check_volume (after alerting) instead of only alerting.")
+
+    @model_validator(mode="after")
+    def _window(self) -> VolumeSpec:
+        if self.min_days > self.trailing_days:
+            raise ValueError(f"min_days ({self.min_days}) must be <= trailing_days ({self.trailing_days})")
+        return self
+
+
 class ContractSpec(_Spec):
     max_invalid_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    volume: VolumeSpec = VolumeSpec()
 
 
 class CounterSpec(_Spec):

@@ -1,4 +1,4 @@
-"""Alerts of the drift report: a JSON payload POSTed to a webhook (Slack, Teams, a pager...).
+"""Alerts (the drift report's, the volume check's): a JSON payload POSTed to a webhook (Slack, Teams, a pager...).
 
 No Airflow and no HTTP library here: the DAG looks the webhook up in its connection
 and calls :func:`send_alert`; :func:`alert_payload` says whether there is anything to send.
@@ -53,6 +53,33 @@ def day_reasons(drift: Mapping[str, Any] | None, performance: Mapping[str, Any] 
             f"{float(performance.get('roc_auc_floor', 0)):.3f}",
         ))
     return reasons
+
+
+def volume_reason(check: Mapping[str, Any]) -> AlertReason | None:
+    """Pure: the reason to alert of a volume check (``VolumeCheck.as_dict()``), None within its band."""
+    if not check.get("alert"):
+        return None
+    return AlertReason(f"volume:{check.get('ds')}", f"volume {check.get('verdict')}: {check.get('message')}")
+
+
+def volume_payload(
+    check: Mapping[str, Any], *, dag_id: str, run_id: str | None = None, already_sent: Collection[str] = ()
+) -> dict[str, Any] | None:
+    """Pure: the JSON body of a volume alert (the same shape as :func:`alert_payload`'s), or None."""
+    reason = volume_reason(check)
+    if reason is None or reason.key in already_sent:
+        return None
+    ds = check.get("ds")
+    return {
+        "text": f"[sluice] {dag_id} {ds}: {reason.text}",
+        "source": "sluice",
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "ds": ds,
+        "reasons": [reason.text],
+        "reason_keys": [reason.key],
+        "volume": {k: check.get(k) for k in ("rows", "baseline_days", "median", "ratio", "low", "high", "verdict")},
+    }
 
 
 def alert_reasons(drift: Mapping[str, Any] | None, performance: Mapping[str, Any] | None) -> list[str]:

@@ -289,6 +289,13 @@ def alert_webhook_url() -> str:
                        extra=conn.extra_dejson)
 
 
+def check_volume(use_case: str, day: dt.date, ctx: RunContext) -> dict[str, Any]:
+    """ingest_raw's volume check of ``day``; its alert goes through the webhook connection."""
+    from sluice.stages.monitoring import check_day_volume
+
+    return check_day_volume(runtime_settings(use_case), day, ctx, alert_webhook_url)
+
+
 def send_day_alert(
     use_case: str, day: dt.date, ctx: RunContext, drift: Mapping[str, Any], performance: Mapping[str, Any]
 ) -> AlertOutcome:

@@ -14,6 +14,9 @@
   realised ROC-AUC / PR-AUC go to ``monitoring/performance_history``.
 * **Early retraining** (:mod:`.early_retrain`): decided from the drift history; a
   trigger is remembered in ``monitoring/early_retrains`` for the cooldown.
+* **Volume** (:mod:`.volume`, ingest_raw's ``check_volume``): the raw rows of D against
+  the median of the trailing days (``contract.volume``), in ``monitoring/volume_history``;
+  outside the band an alert, and a failed task if the use case says so.
 * **Alerts** (:mod:`.alerting`): the day's reasons POSTed to a webhook, each at most once
   per day (``monitoring/alerts_sent``), whatever re-runs.
 
@@ -27,6 +30,7 @@ from sluice.stages.monitoring.drift import build_drift_report
 from sluice.stages.monitoring.early_retrain import decide_early_retrain, record_early_retrain
 from sluice.stages.monitoring.performance import record_performance
 from sluice.stages.monitoring.policy import DriftError, DriftPolicy, load_policy
+from sluice.stages.monitoring.volume import check_day_volume
 
 __all__ = [
     "REPORTS_PREFIX",
@@ -34,6 +38,7 @@ __all__ = [
     "DriftError",
     "DriftPolicy",
     "build_drift_report",
+    "check_day_volume",
     "decide_early_retrain",
     "load_policy",
     "record_early_retrain",

@@ -92,6 +92,35 @@ def send_day_alert(
         log.info("alert of %s: every reason was sent already (%s)", ds, already)
         return AlertOutcome(ds=ds, sent=False, status=None, reasons=[], already_sent=already,
                             detail="every reason of the day was sent already")
+    inputs = {name: int(record["history_version"]) for name, record in
+              ((DRIFT_HISTORY.name, drift), (PERFORMANCE_HISTORY.name, performance))
+              if record.get("history_version") is not None}
+    status = _deliver(settings, lake, ds, ctx, payload, webhook, inputs)
+    return AlertOutcome(ds=ds, sent=True, status=status, reasons=list(payload["reasons"]), already_sent=already,
+                        detail=f"HTTP {status}")
+
+
+def send_volume_alert(
+    settings: Settings, check: Mapping[str, Any], ctx: RunContext, webhook: Callable[[], str], inputs: Mapping[str, int]
+) -> AlertOutcome:
+    """POST the volume alert of ``check`` (``VolumeCheck.as_dict()``) unless it was sent already, then record it."""
+    ds = str(check["ds"])
+    lake = Lake(settings)
+    sent = sent_reason_keys(lake, ds)
+    payload = alerts.volume_payload(check, dag_id=ctx.dag_id, run_id=ctx.run_id, already_sent=sent)
+    if payload is None:
+        detail = "within the band" if not check.get("alert") else "sent already"
+        return AlertOutcome(ds=ds, sent=False, status=None, reasons=[], already_sent=sorted(sent), detail=detail)
+    status = _deliver(settings, lake, ds, ctx, payload, webhook, inputs)
+    return AlertOutcome(ds=ds, sent=True, status=status, reasons=list(payload["reasons"]), already_sent=[],
+                        detail=f"HTTP {status}")
+
+
+def _deliver(
+    settings: Settings, lake: Lake, ds: str, ctx: RunContext, payload: dict[str, Any], webhook: Callable[[], str],
+    inputs: Mapping[str, int],
+) -> int:
+    """POST ``payload``; once the webhook accepted it, record its reasons in ``monitoring/alerts_sent`` ds."""
     payload["use_case"] = settings.use_case_name
     try:
         status = alerts.send_alert(webhook(), payload, timeout=settings.timeouts.http_s)
@@ -100,10 +129,6 @@ def send_day_alert(
         raise
     rows = sent_rows(ds, payload["reason_keys"], payload["reasons"], status=status, run_id=ctx.run_id,
                      sent_at=dt.datetime.now(dt.UTC))  # an audit time, not business logic
-    inputs = {name: int(record["history_version"]) for name, record in
-              ((DRIFT_HISTORY.name, drift), (PERFORMANCE_HISTORY.name, performance))
-              if record.get("history_version") is not None}
     # History, appended to: a concurrent run of the same day cannot drop a record of this one.
-    lake.append_rows(ALERTS_SENT, ds, rows, ("reason_key",), ctx.lineage(ds, inputs))
-    return AlertOutcome(ds=ds, sent=True, status=status, reasons=list(payload["reasons"]), already_sent=already,
-                        detail=f"HTTP {status}")
+    lake.append_rows(ALERTS_SENT, ds, rows, ("reason_key",), ctx.lineage(ds, dict(inputs)))
+    return status
