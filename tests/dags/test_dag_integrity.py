@@ -167,7 +167,7 @@ def test_every_task_body_fails_fast_on_bad_input(dagbag) -> None:
 
     wrapper = bad_input_fails_fast(lambda: None).__code__
     bodies = [(d, t) for d in dagbag.dags.values() for t in d.tasks if hasattr(t, "python_callable")]
-    assert len(bodies) == 2 * (1 + 3 + 5 + 2 + 6 + 2)  # ingest, etl, score, retrain, drift, maintenance
+    assert len(bodies) == 2 * (2 + 3 + 5 + 2 + 6 + 2)  # ingest, etl, score, retrain, drift, maintenance
     for dag, task in bodies:
         assert task.python_callable.__code__ is wrapper, f"{dag.dag_id}.{task.task_id} is not wrapped"
         assert inspect.unwrap(task.python_callable).__name__ == task.task_id

@@ -8,6 +8,7 @@ not, and a use case whose ``contract.volume.fail`` is true fails the day after a
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import shutil
@@ -25,6 +26,7 @@ from sluice.core.lineage import RunContext
 from sluice.core.usecase import VolumeSpec, load_use_case
 from sluice.core.volume import VolumeError, check_volume, trailing_counts
 from sluice.edges.lake import Lake
+from sluice.ops.cli import _status
 from sluice.settings import Settings, load_settings
 from sluice.stages import etl as pipeline
 from sluice.stages.monitoring import check_day_volume
@@ -117,7 +119,7 @@ def _ingest(settings: Settings, keep: float) -> None:
         pipeline.ingest_day(settings, day, RunContext("ingest_raw", f"manual__{day}"), source)
 
 
-def test_a_thin_day_alerts_once_with_its_numbers_and_a_normal_day_does_not(tmp_path: Path, webhook) -> None:
+def test_a_thin_day_alerts_once_with_its_numbers_and_a_normal_day_does_not(tmp_path: Path, webhook, capsys) -> None:
     url, received = webhook
     settings = load_settings(lake_uri=str(tmp_path / "lake"), sim_customers=400, use_case="churn")
     _ingest(settings, keep=0.3)
@@ -140,6 +142,15 @@ def test_a_thin_day_alerts_once_with_its_numbers_and_a_normal_day_does_not(tmp_p
     assert lake.partition_rows(VOLUME_HISTORY)[LOW_DAY.isoformat()] == 1, "a re-run replaces the record"
     assert [r["reason_key"] for r in lake.read_partition(ALERTS_SENT, LOW_DAY.isoformat()).to_pylist()] == [
         f"volume:{LOW_DAY}"]
+
+    # sluice status names the day with its numbers.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLUICE_LAKE_URI", settings.lake_uri)
+        mp.setenv("SLUICE_SIM_CUSTOMERS", "400")
+        _status(argparse.Namespace(json=False, use_case="churn"))
+    out = capsys.readouterr().out
+    assert "VOLUME: 1 day(s) of raw/events outside the band" in out
+    assert f"{LOW_DAY}: {first['rows']:,} rows, {first['ratio']:.0%} of the median" in out
 
 
 def test_a_use_case_that_says_so_fails_the_day_after_alerting(tmp_path: Path, webhook) -> None:

@@ -46,9 +46,12 @@ def _status(args: argparse.Namespace) -> int:
     statuses = lake.status()
     stale = stale_days(settings)
     upkeep = upkeep_summary(settings, lake)
+    from sluice.stages.monitoring.volume import days_outside_band
+
+    volume = days_outside_band(lake)
     if args.json:
         print(json.dumps({"use_case": uc.name, "lake": settings.lake_root, "tables": [asdict(s) for s in statuses],
-                          "stale": stale, "upkeep": upkeep}, indent=2, default=str))
+                          "stale": stale, "upkeep": upkeep, "volume_outside_band": volume}, indent=2, default=str))
         return 0
     print(f"use case: {uc.name}   lake: {settings.lake_root}")
     header = f"{'table':31} {'version':>7} {'partitions':>10} {'latest':>11} {'rows latest':>11} {'rows total':>11}"
@@ -63,6 +66,10 @@ def _status(args: argparse.Namespace) -> int:
     quarantined = next(s for s in statuses if s.table == uc.tables.quarantine.name)
     print(f"\nquarantined rows: {quarantined.rows_total:,} in {quarantined.partitions} partitions")
     _print_upkeep(upkeep, uc.name)
+    if volume:
+        print(f"\nVOLUME: {len(volume)} day(s) of {uc.tables.raw.name} outside the band around the trailing median:")
+        for r in volume[-10:]:
+            print(f"  {r['ds']}: {r['rows']:,} rows, {r['ratio']:.0%} of the median {r['median']:,.0f} ({r['verdict']})")
     if stale:
         first = min(stale)
         print(f"\nSTALE: the state and features of {len(stale)} day(s), {first} .. {max(stale)}, were built on "

@@ -6,7 +6,7 @@ that prediction drift compares like with like. It depends only on (model version
 feature version, window, size, seed), so it is computed once and kept next to the reports.
 
 Why the holdout and not the train window: a purged split (``sluice.core.train.SplitPlan``)
-puts the train window two purges (60 days for churn) before the holdout, so scoring in
+puts the train window two purges (two label horizons or more) before the holdout, so scoring in
 August compared with April. Seasons and ageing (``tenure_days`` grows by the day) then
 drift by themselves, and the report cried wolf before anything changed. The holdout is
 the most recent data the model was judged on and passed the gate with: "the world still

@@ -60,3 +60,11 @@ def check_day_volume(settings: Settings, day: dt.date, ctx: RunContext, webhook:
                 f"ingest_raw for {ds} once the source delivered it, or set contract.volume.fail: false)"
             )
     return result
+
+
+def days_outside_band(lake: Lake) -> list[dict[str, Any]]:
+    """The days ``monitoring/volume_history`` holds outside their band, oldest first (for status)."""
+    if not lake.exists(VOLUME_HISTORY):
+        return []
+    rows = lake.read_table(VOLUME_HISTORY).to_pylist()
+    return sorted((r for r in rows if r["verdict"] in ("low", "high")), key=lambda r: r[PARTITION_COLUMN])
