@@ -17,7 +17,9 @@ from sluice.orchestration.settings_file import apply, connection_fields, load
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ROOT / "airflow_settings.yaml"
-CONNECTIONS = ("sluice_source_postgres", "sluice_scores_postgres", "sluice_scores_redis", "sluice_alert_webhook")
+CONNECTIONS = (
+    "sluice_source_postgres", "sluice_scores_postgres", "sluice_scores_redis", "sluice_alert_webhook", "sluice_notify_smtp",
+)
 
 
 def _connections() -> dict[str, object]:
@@ -79,7 +81,7 @@ def test_applying_creates_replaces_and_turns_off(migrated_db: None) -> None:
           "SLUICE_SCORES_REDIS_URI": "redis://cache:6379/3",
           "SLUICE_ALERT_WEBHOOK_URI": "https://hooks.example.com/services/T0/B0/x",
           "SLUICE_ENVIRONMENT": "production"}
-    assert apply(SETTINGS, on) == {"connections": 3, "connections off": 1, "pools": 1, "variables": 1}
+    assert apply(SETTINGS, on) == {"connections": 3, "connections off": 2, "pools": 1, "variables": 1}
     assert apply(SETTINGS, on)["connections"] == 3  # twice: same result, no duplicates
     conns = _connections()
     assert sorted(conns) == ["sluice_alert_webhook", "sluice_scores_postgres", "sluice_scores_redis"]

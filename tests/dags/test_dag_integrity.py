@@ -342,3 +342,14 @@ def test_lake_maintenance_retires_state_before_it_maintains_the_tables_one_run_a
     assert dag.max_active_runs == 1, "two upkeeps of one lake would race to delete the same files"
     assert dag.get_task("maintain_tables").upstream_task_ids == {"retire_old_state"}
     assert [o.name for o in dag.get_task("maintain_tables").outlets] == [f"sluice.{use_case}.lake.upkeep"]
+
+
+def test_every_task_notifies_its_failure(dagbag) -> None:
+    """on_failure_callback of every task holds the webhook notifier (and SMTP's only when asked for)."""
+    from sluice.orchestration.notify import WebhookFailureNotifier
+
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            callbacks = task.on_failure_callback
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            assert [type(c) for c in callbacks] == [WebhookFailureNotifier], f"{dag.dag_id}.{task.task_id}"

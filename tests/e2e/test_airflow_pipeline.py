@@ -9,6 +9,9 @@ leaves curated events and features exactly as they were.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -35,10 +38,32 @@ DAYS = [str(dt.date(2026, 1, 1) + dt.timedelta(days=i)) for i in range(6)]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):
+def webhook():
+    """A real HTTP endpoint for the alert connection: it keeps every notice POSTed."""
+    received: list = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/sluice", received
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, webhook):
     root = tmp_path_factory.mktemp("e2e")
     lake_uri = (root / "lake").as_uri()
     env = {
+        "AIRFLOW_CONN_SLUICE_ALERT_WEBHOOK": webhook[0],
         "SLUICE_LAKE_URI": lake_uri,
         "SLUICE_USE_CASES": USE_CASE,
         "SLUICE_SIM_CUSTOMERS": "2000",
@@ -119,7 +144,7 @@ def test_rerunning_days_changes_no_content(stack) -> None:
         pd.testing.assert_frame_equal(_contents(lake, table), before[table.name], obj=table.name)
 
 
-def test_day_over_the_defect_limit_fails_cleanly(stack) -> None:
+def test_day_over_the_defect_limit_fails_cleanly(stack, webhook) -> None:
     airflow, lake = stack
     runs = _backfill_and_wait(airflow, INGEST, BAD_DAY, BAD_DAY)
     assert all(r["state"] == "success" for r in runs)
@@ -146,6 +171,12 @@ def test_day_over_the_defect_limit_fails_cleanly(stack) -> None:
     assert "break the contract" in text
     for column in ("event_id", "customer_id", "amount", "event_time"):
         assert column in text
+
+    # ... and its on_failure_callback said so through the alert webhook, once, with the reason.
+    notices = [n for n in webhook[1] if n.get("task_id") == "curate_events"]
+    assert len(notices) == 1, webhook[1]
+    assert notices[0]["dag_id"] == ETL and notices[0]["ds"] == BAD_DAY and notices[0]["run_id"] == bad[0]["run_id"]
+    assert "break the contract" in notices[0]["text"] and "amount" in notices[0]["text"]
 
 
 def test_sluice_backfill_creates_its_runs_with_the_scheduler_running(stack) -> None:

@@ -82,6 +82,28 @@ def volume_payload(
     }
 
 
+def failure_payload(
+    *, dag_id: str, task_id: str, run_id: str, ds: str | None, try_number: int | None, error: str | None,
+    log_url: str | None = None,
+) -> dict[str, Any]:
+    """Pure: the JSON body that says a task failed (on_failure_callback), in the shape of the others."""
+    day = f" for {ds}" if ds else ""
+    why = f": {error}" if error else ""
+    attempt = f" (attempt {try_number})" if try_number else ""
+    text = f"[sluice] {dag_id}.{task_id} failed{day}{attempt}{why}"
+    return {
+        "text": text[:3000],  # chat webhooks cap a message; the log has the rest
+        "source": "sluice",
+        "dag_id": dag_id,
+        "task_id": task_id,
+        "run_id": run_id,
+        "ds": ds,
+        "reasons": [text[:3000]],
+        "reason_keys": [f"task_failed:{dag_id}.{task_id}:{run_id}:{try_number}"],
+        "failure": {"try_number": try_number, "error": (error or "")[:3000], "log_url": log_url},
+    }
+
+
 def alert_reasons(drift: Mapping[str, Any] | None, performance: Mapping[str, Any] | None) -> list[str]:
     """Pure: one sentence per alert raised by the day's drift summary and performance record."""
     return [reason.text for reason in day_reasons(drift, performance)]

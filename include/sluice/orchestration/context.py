@@ -16,6 +16,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param
 
 from sluice.core.lineage import RunContext
 from sluice.orchestration.names import STAGES, asset_name, dag_id, early_retrain_run_id, tags
+from sluice.orchestration.notify import ALERT_WEBHOOK as NOTIFY_WEBHOOK
 
 __all__ = ["STAGES", "asset_name", "dag_id", "early_retrain_run_id", "tags"]  # re-exported for the DAG files
 
@@ -43,7 +44,8 @@ TRAINING_TIMEOUT_FACTOR = 3
 SOURCE_CONNECTION_ID = "sluice_source_postgres"
 SCORES_POSTGRES = "sluice_scores_postgres"
 SCORES_REDIS = "sluice_scores_redis"
-ALERT_WEBHOOK = "sluice_alert_webhook"
+ALERT_WEBHOOK = NOTIFY_WEBHOOK  # the webhook connection of alerts and failure notices
+
 
 def deployed_use_cases() -> list[tuple[str, str]]:
     """(reference, name) of every use case this deployment runs (``SLUICE_USE_CASES``), at parse time.
@@ -65,9 +67,12 @@ def task_timeout(*, training: bool = False) -> dt.timedelta:
 
 
 def default_args() -> dict[str, Any]:
-    """``default_args`` of every DAG: owner, retries with backoff, and a bounded ``execution_timeout``
-    (a sensor's whole wait is bounded by its own ``timeout``; this bounds each of its pokes)."""
-    return {**DEFAULT_ARGS, "execution_timeout": task_timeout()}
+    """``default_args`` of every DAG: owner, retries with backoff, a bounded ``execution_timeout``
+    (a sensor's whole wait is bounded by its own ``timeout``; this bounds each of its pokes), and
+    the failure notifiers (:mod:`sluice.orchestration.notify`) as ``on_failure_callback``."""
+    from sluice.orchestration.notify import failure_notifiers
+
+    return {**DEFAULT_ARGS, "execution_timeout": task_timeout(), "on_failure_callback": failure_notifiers()}
 
 
 _P = ParamSpec("_P")

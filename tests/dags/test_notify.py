@@ -1,0 +1,75 @@
+"""Failure notices: the notifiers every task's on_failure_callback runs, against a real HTTP webhook."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from types import SimpleNamespace
+
+import pytest
+
+from sluice.ops.embedded import free_port
+from sluice.orchestration.notify import WebhookFailureNotifier, failure_notifiers
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list]]:
+    received: list = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/sluice", received
+    server.shutdown()
+    server.server_close()
+
+
+def _context(error: Exception) -> dict:
+    ti = SimpleNamespace(dag_id="churn__nightly_etl", task_id="curate_events", run_id="scheduled__2026-03-02",
+                         try_number=3, log_url="/dags/churn__nightly_etl/runs/x/tasks/curate_events")
+    return {"ti": ti, "params": {"partition_day": "2026-03-01"}, "ds": "2026-03-02", "exception": error}
+
+
+def test_a_failure_is_posted_with_dag_task_day_attempt_and_error(webhook, monkeypatch) -> None:
+    url, received = webhook
+    monkeypatch.setenv("AIRFLOW_CONN_SLUICE_ALERT_WEBHOOK", url)
+    WebhookFailureNotifier().notify(_context(RuntimeError("amount: parse_number failed for 31% of rows")))
+    assert len(received) == 1
+    path, body = received[0]
+    assert path == "/hooks/sluice"
+    assert body["text"] == ("[sluice] churn__nightly_etl.curate_events failed for 2026-03-01 (attempt 3): "
+                            "RuntimeError: amount: parse_number failed for 31% of rows")
+    assert (body["dag_id"], body["task_id"], body["ds"]) == ("churn__nightly_etl", "curate_events", "2026-03-01")
+    assert body["failure"]["log_url"] == "/dags/churn__nightly_etl/runs/x/tasks/curate_events"
+
+
+def test_without_the_connection_or_with_the_webhook_down_nothing_is_raised(webhook, monkeypatch, caplog) -> None:
+    _, received = webhook
+    monkeypatch.delenv("AIRFLOW_CONN_SLUICE_ALERT_WEBHOOK", raising=False)
+    WebhookFailureNotifier().notify(_context(RuntimeError("boom")))
+    monkeypatch.setenv("AIRFLOW_CONN_SLUICE_ALERT_WEBHOOK", f"http://127.0.0.1:{free_port()}/hooks/sluice")
+    monkeypatch.setenv("SLUICE_TIMEOUT_HTTP_S", "2")
+    with caplog.at_level("WARNING"):
+        WebhookFailureNotifier().notify(_context(RuntimeError("boom")))
+    assert received == []
+    assert "failure of churn__nightly_etl.curate_events not notified" in caplog.text
+
+
+def test_email_is_added_only_when_recipients_are_named() -> None:
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    assert [type(n) for n in failure_notifiers({})] == [WebhookFailureNotifier]
+    notifiers = failure_notifiers({"SLUICE_NOTIFY_EMAIL_TO": "ml-oncall, data-team"})
+    assert [type(n) for n in notifiers] == [WebhookFailureNotifier, SmtpNotifier]
+    assert list(notifiers[1].to) == ["ml-oncall", "data-team"]
+    assert notifiers[1].smtp_conn_id == "sluice_notify_smtp"
