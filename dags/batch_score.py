@@ -37,6 +37,7 @@ from sluice.orchestration.context import (
     bad_input_fails_fast,
     dag_id,
     daily,
+    deadline,
     default_args,
     deployed_use_cases,
     partition_day_param,
@@ -52,6 +53,7 @@ def batch_score(ref: str, name: str) -> None:
         catchup=False,
         max_active_runs=4,
         default_args=default_args(),
+        deadline=deadline("batch_score", name),  # Airflow's Deadline Alert: notified when late
         tags=tags(name, "scoring"),
         params={
             "partition_day": partition_day_param(),

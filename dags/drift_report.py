@@ -49,6 +49,7 @@ from sluice.orchestration.context import (
     bad_input_fails_fast,
     dag_id,
     daily,
+    deadline,
     default_args,
     deployed_use_cases,
     early_retrain_run_id,
@@ -70,6 +71,7 @@ def drift_report(ref: str, name: str) -> None:
         catchup=False,
         max_active_runs=1,  # each day's early-retraining decision reads the days before it
         default_args=default_args(),
+        deadline=deadline("drift_report", name),  # Airflow's Deadline Alert: notified when late
         tags=tags(name, "monitoring", "drift"),
         params={"partition_day": partition_day_param()},
         doc_md=__doc__,

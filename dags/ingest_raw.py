@@ -35,6 +35,7 @@ from sluice.orchestration.context import (
     bad_input_fails_fast,
     dag_id,
     daily,
+    deadline,
     default_args,
     deployed_use_cases,
     partition_day_param,
@@ -50,6 +51,7 @@ def ingest_raw(ref: str, name: str) -> None:
         catchup=False,  # history is loaded on purpose (sluice load-history, backfills)
         max_active_runs=8,  # days are independent
         default_args=default_args(),
+        deadline=deadline("ingest_raw", name),  # Airflow's Deadline Alert: notified when late
         tags=tags(name, "ingestion"),
         params={"partition_day": partition_day_param()},
         doc_md=__doc__,

@@ -38,6 +38,7 @@ from sluice.orchestration.context import (
     bad_input_fails_fast,
     dag_id,
     daily,
+    deadline,
     default_args,
     deployed_use_cases,
     partition_day_param,
@@ -53,6 +54,7 @@ def nightly_etl(ref: str, name: str) -> None:
         catchup=False,  # history is loaded on purpose (sluice load-history, backfills)
         max_active_runs=8,  # contract checks run in parallel; features run in day order
         default_args=default_args(),
+        deadline=deadline("nightly_etl", name),  # Airflow's Deadline Alert: notified when late
         tags=tags(name, "etl", "features"),
         params={"partition_day": partition_day_param()},
         doc_md=__doc__,

@@ -353,3 +353,14 @@ def test_every_task_notifies_its_failure(dagbag) -> None:
             callbacks = task.on_failure_callback
             callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
             assert [type(c) for c in callbacks] == [WebhookFailureNotifier], f"{dag.dag_id}.{task.task_id}"
+
+
+def test_the_daily_dags_have_a_deadline_alert_and_the_others_none(dagbag) -> None:
+    for dag in dagbag.dags.values():
+        stage = dag.dag_id.split("__", 1)[1]
+        alerts = dag.deadline if isinstance(dag.deadline, list) else [dag.deadline] if dag.deadline else []
+        if stage in ("ingest_raw", "nightly_etl", "batch_score", "drift_report"):
+            assert len(alerts) == 1, dag.dag_id
+            assert alerts[0].callback.kwargs["stage"] == stage
+        else:
+            assert alerts == [], dag.dag_id

@@ -73,3 +73,50 @@ def test_email_is_added_only_when_recipients_are_named() -> None:
     assert [type(n) for n in notifiers] == [WebhookFailureNotifier, SmtpNotifier]
     assert list(notifiers[1].to) == ["ml-oncall", "data-team"]
     assert notifiers[1].smtp_conn_id == "sluice_notify_smtp"
+
+
+# -- deadlines ------------------------------------------------------------------------------------
+def test_deadlines_are_minutes_after_queued_and_configurable() -> None:
+    from airflow.sdk.definitions.deadline import DeadlineReference
+
+    from sluice.orchestration.notify import deadline, deadline_minutes
+
+    assert deadline_minutes("nightly_etl", {}) == 360 and deadline_minutes("batch_score", {}) == 420
+    assert deadline_minutes("nightly_etl", {"SLUICE_DEADLINE_NIGHTLY_ETL_MINUTES": "90"}) == 90
+    assert deadline_minutes("weekly_retrain", {}) == 0, "no deadline where none is set"
+    with pytest.raises(ValueError, match="SLUICE_DEADLINE_NIGHTLY_ETL_MINUTES must be a number"):
+        deadline_minutes("nightly_etl", {"SLUICE_DEADLINE_NIGHTLY_ETL_MINUTES": "6h"})
+    alert = deadline("nightly_etl", "churn")
+    assert alert.reference == DeadlineReference.DAGRUN_QUEUED_AT, "a backfill of old days is not late at once"
+    assert alert.interval.total_seconds() == 6 * 3600
+    assert alert.callback.path == "sluice.orchestration.notify.deadline_missed"
+    assert alert.callback.kwargs == {"stage": "nightly_etl", "use_case": "churn", "minutes": 360.0}
+
+
+def test_deadline_off_with_zero(monkeypatch) -> None:
+    from sluice.orchestration.notify import deadline
+
+    monkeypatch.setenv("SLUICE_DEADLINE_BATCH_SCORE_MINUTES", "0")
+    assert deadline("batch_score", "churn") is None
+
+
+def test_a_missed_deadline_is_posted_with_the_run_and_its_day(webhook, monkeypatch) -> None:
+    from sluice.orchestration.notify import deadline_missed
+
+    url, received = webhook
+    monkeypatch.setenv("AIRFLOW_CONN_SLUICE_ALERT_WEBHOOK", url)
+    context = {  # what the scheduler hands the callback (Deadline.handle_miss)
+        "dag_run": {"dag_id": "churn__nightly_etl", "dag_run_id": "scheduled__2026-03-01T00:00:00+00:00",
+                    "data_interval_start": "2026-03-01T00:00:00Z", "state": "running", "conf": {}},
+        "deadline": {"id": "x", "deadline_time": "2026-03-02T06:00:00+00:00"},
+    }
+    deadline_missed(context, stage="nightly_etl", use_case="churn", minutes=360)
+    [(_, body)] = received
+    assert body["text"] == ("[sluice] churn__nightly_etl for 2026-03-01 is late: not done by 2026-03-02T06:00:00+00:00 "
+                            "(360 min after it was queued; run scheduled__2026-03-01T00:00:00+00:00, running)")
+    assert (body["ds"], body["use_case"], body["deadline"]["minutes"]) == ("2026-03-01", "churn", 360)
+
+    # A manual run of a day names that day (its partition_day param).
+    context["dag_run"]["conf"] = {"partition_day": "2026-02-20"}
+    deadline_missed(context, stage="nightly_etl", use_case="churn", minutes=360)
+    assert received[-1][1]["ds"] == "2026-02-20"

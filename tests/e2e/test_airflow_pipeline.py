@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
@@ -64,6 +65,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, webhook):
     lake_uri = (root / "lake").as_uri()
     env = {
         "AIRFLOW_CONN_SLUICE_ALERT_WEBHOOK": webhook[0],
+        # nightly_etl's Deadline Alert at 1.2 s after a run is queued: every run of it is late.
+        "SLUICE_DEADLINE_NIGHTLY_ETL_MINUTES": "0.02",
         "SLUICE_LAKE_URI": lake_uri,
         "SLUICE_USE_CASES": USE_CASE,
         "SLUICE_SIM_CUSTOMERS": "2000",
@@ -101,12 +104,23 @@ def _backfill_and_wait(airflow: LocalAirflow, dag_id: str, start: str, end: str,
     return airflow.wait_for_runs(dag_id, len(before | {_run_id(d) for d in days}), timeout=900)
 
 
-def test_backfills_run_both_dags_through_airflow(stack) -> None:
+def test_backfills_run_both_dags_through_airflow(stack, webhook) -> None:
     airflow, lake = stack
     runs = _backfill_and_wait(airflow, INGEST, START, END)
     assert [r["state"] for r in runs] == ["success"] * len(DAYS)
     runs = _backfill_and_wait(airflow, ETL, START, END)
     assert [r["state"] for r in runs] == ["success"] * len(DAYS)
+
+    # Each run of nightly_etl missed its (1.2 s) deadline: the scheduler's Deadline Alert called
+    # sluice's callback, which POSTed the notice to the alert webhook. ingest_raw's (3 h) did not.
+    run_ids = {r["run_id"] for r in runs}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and {n["run_id"] for n in webhook[1] if n.get("deadline")} < run_ids:
+        time.sleep(2)
+    late = [n for n in webhook[1] if n.get("deadline")]
+    assert {n["run_id"] for n in late} == run_ids, late
+    assert all(n["dag_id"] == ETL and "is late: not done by" in n["text"] for n in late)
+    assert sorted(n["ds"] for n in late) == DAYS
 
     lake_dir = Path(urlparse(lake.root).path)
     assert lake_dir.name == USE_CASE, "churn's tables live under its own prefix of the lake"

@@ -104,6 +104,26 @@ def failure_payload(
     }
 
 
+def deadline_payload(
+    *, dag_id: str, run_id: str, ds: str | None, state: str | None, due: str | None, minutes: float, use_case: str,
+) -> dict[str, Any]:
+    """Pure: the JSON body that says a run missed its deadline (Airflow's Deadline Alert)."""
+    day = f" for {ds}" if ds else ""
+    text = (f"[sluice] {dag_id}{day} is late: not done by {due or '?'} ({minutes:g} min after it was queued; "
+            f"run {run_id}, {state or 'state unknown'})")
+    return {
+        "text": text,
+        "source": "sluice",
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "ds": ds,
+        "use_case": use_case,
+        "reasons": [text],
+        "reason_keys": [f"deadline:{dag_id}:{run_id}"],
+        "deadline": {"due": due, "minutes": minutes, "state": state},
+    }
+
+
 def alert_reasons(drift: Mapping[str, Any] | None, performance: Mapping[str, Any] | None) -> list[str]:
     """Pure: one sentence per alert raised by the day's drift summary and performance record."""
     return [reason.text for reason in day_reasons(drift, performance)]

@@ -17,8 +17,9 @@ from airflow.sdk import CronDataIntervalTimetable, Param
 from sluice.core.lineage import RunContext
 from sluice.orchestration.names import STAGES, asset_name, dag_id, early_retrain_run_id, tags
 from sluice.orchestration.notify import ALERT_WEBHOOK as NOTIFY_WEBHOOK
+from sluice.orchestration.notify import deadline
 
-__all__ = ["STAGES", "asset_name", "dag_id", "early_retrain_run_id", "tags"]  # re-exported for the DAG files
+__all__ = ["STAGES", "asset_name", "dag_id", "deadline", "early_retrain_run_id", "tags"]  # re-exported for the DAG files
 
 if TYPE_CHECKING:
     from sluice.settings import Settings

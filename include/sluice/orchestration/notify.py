@@ -12,10 +12,19 @@ task's process after its last attempt failed, and compose with the providers' ow
   (``sluice_notify_smtp``, from ``SLUICE_SMTP_URI`` in airflow_settings.yaml).
 
 A notifier that cannot deliver logs why and never hides the task's own failure.
+
+**Deadlines** (Airflow 3's Deadline Alerts, :func:`deadline`): a daily run that is not done
+within its stage's interval after it was queued (ingest_raw 3 h, nightly_etl 6 h,
+batch_score 7 h, drift_report 8 h: a scheduled run of D is queued at 00:00 of D+1, so
+nightly_etl is due by 06:00 UTC of D+1) calls :func:`deadline_missed`, which POSTs the
+notice to the same webhook. ``SLUICE_DEADLINE_<STAGE>_MINUTES`` (read at parse time)
+changes an interval; 0 turns it off. Queued, not logical, time: a backfill of last
+month's days is due hours after it starts, not already late.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 from collections.abc import Mapping
@@ -86,3 +95,71 @@ def failure_notifiers(env: Mapping[str, str] | None = None) -> list[BaseNotifier
                          "{{ exception }}<br>log: {{ ti.log_url }}",
         ))
     return notifiers
+
+
+# Minutes after a daily run is queued by which it must be done (00:00 UTC of D+1 for a scheduled run).
+DEADLINE_MINUTES = {"ingest_raw": 180, "nightly_etl": 360, "batch_score": 420, "drift_report": 480}
+
+
+def deadline_minutes(stage: str, env: Mapping[str, str] | None = None) -> float:
+    """The deadline of ``stage`` in minutes (``SLUICE_DEADLINE_<STAGE>_MINUTES``; 0: none)."""
+    env = os.environ if env is None else env
+    raw = env.get(f"SLUICE_DEADLINE_{stage.upper()}_MINUTES")
+    try:
+        minutes = float(raw) if raw not in (None, "") else float(DEADLINE_MINUTES.get(stage, 0))
+    except ValueError as exc:
+        raise ValueError(f"SLUICE_DEADLINE_{stage.upper()}_MINUTES must be a number of minutes, got {raw!r}") from exc
+    if minutes < 0:
+        raise ValueError(f"SLUICE_DEADLINE_{stage.upper()}_MINUTES must be >= 0, got {raw!r}")
+    return minutes
+
+
+def deadline(stage: str, use_case: str) -> Any:
+    """The ``deadline`` of a daily DAG of ``stage`` (an Airflow ``DeadlineAlert``), or None when off."""
+    minutes = deadline_minutes(stage)
+    if not minutes:
+        return None
+    from airflow.sdk.definitions.callback import SyncCallback
+    from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
+
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=dt.timedelta(minutes=minutes),
+        callback=SyncCallback(deadline_missed, kwargs={"stage": stage, "use_case": use_case, "minutes": minutes}),
+        name=f"{use_case}__{stage} done {minutes:g} min after queued",
+    )
+
+
+def deadline_missed(context: Mapping[str, Any], stage: str, use_case: str, minutes: float, **_: Any) -> None:
+    """The callback of a missed deadline (run by the executor): POST the notice to the alert webhook."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from sluice.edges.alerts import deadline_payload, send_alert, webhook_url
+    from sluice.settings import load_settings
+
+    run = dict(context.get("dag_run") or {})
+    due = (context.get("deadline") or {}).get("deadline_time")
+    payload = deadline_payload(
+        dag_id=str(run.get("dag_id") or f"{use_case}__{stage}"), run_id=str(run.get("dag_run_id") or run.get("run_id")),
+        ds=_day_of(run), state=run.get("state"), due=str(due) if due else None, minutes=minutes,
+        use_case=use_case,
+    )
+    log.warning("DEADLINE missed: %s", payload["text"])
+    try:
+        conn = BaseHook.get_connection(ALERT_WEBHOOK)
+    except AirflowNotFoundException:
+        log.info("connection %s is not configured: the missed deadline is only logged", ALERT_WEBHOOK)
+        return
+    url = webhook_url(conn_type=conn.conn_type, host=conn.host, port=conn.port, schema=conn.schema,
+                      extra=conn.extra_dejson)
+    send_alert(url, payload, timeout=load_settings().timeouts.http_s)
+
+
+def _day_of(run: Mapping[str, Any]) -> str | None:
+    """The partition day of a run: its partition_day param, else the start of its data interval."""
+    conf = run.get("conf") or {}
+    if conf.get("partition_day"):
+        return str(conf["partition_day"])
+    start = run.get("data_interval_start") or run.get("logical_date")
+    return str(start)[:10] if start else None
