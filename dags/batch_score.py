@@ -82,17 +82,17 @@ def batch_score(ref: str, name: str) -> None:
             context = get_current_context()
             return retraining_settled(context["ti"], partition_day(context), dag_id(name, "weekly_retrain"))
 
-        @task(outlets=[Asset(asset_name(name, "predictions"))])
+        @task(inlets=[Asset(asset_name(name, "features"))], outlets=[Asset(asset_name(name, "predictions"))])
         @bad_input_fails_fast
         def score_entities() -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from sluice.orchestration.context import partition_day, run_context, runtime_settings
+            from sluice.orchestration.context import emit_assets, partition_day, run_context, runtime_settings
             from sluice.stages.score import NoChampion, score_day
 
             context = get_current_context()
             try:
-                return score_day(
+                summary = score_day(
                     runtime_settings(ref),
                     partition_day(context),
                     run_context(context),
@@ -100,6 +100,8 @@ def batch_score(ref: str, name: str) -> None:
                 )
             except NoChampion as exc:
                 raise AirflowSkipException(f"nothing to score with: {exc}") from exc
+            emit_assets(context, name, summary, "predictions")
+            return summary
 
         @task
         @bad_input_fails_fast

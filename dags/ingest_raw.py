@@ -60,11 +60,13 @@ def ingest_raw(ref: str, name: str) -> None:
         @task(outlets=[Asset(asset_name(name, "raw"))])
         @bad_input_fails_fast
         def extract_events() -> dict:
-            from sluice.orchestration.context import partition_day, run_context, runtime_settings
+            from sluice.orchestration.context import emit_assets, partition_day, run_context, runtime_settings
             from sluice.stages.etl import ingest_day
 
             context = get_current_context()
-            return ingest_day(runtime_settings(ref), partition_day(context), run_context(context))
+            summary = ingest_day(runtime_settings(ref), partition_day(context), run_context(context))
+            emit_assets(context, name, summary, "raw")
+            return summary
 
         @task
         @bad_input_fails_fast

@@ -67,23 +67,29 @@ def nightly_etl(ref: str, name: str) -> None:
 
             return partition_ready(ref, "raw", partition_day(get_current_context()))
 
-        @task(outlets=[Asset(asset_name(name, "curated")), Asset(asset_name(name, "quarantine"))])
+        @task(inlets=[Asset(asset_name(name, "raw"))],
+              outlets=[Asset(asset_name(name, "curated")), Asset(asset_name(name, "quarantine"))])
         @bad_input_fails_fast
         def curate_events() -> dict:
-            from sluice.orchestration.context import partition_day, run_context, runtime_settings
+            from sluice.orchestration.context import emit_assets, partition_day, run_context, runtime_settings
             from sluice.stages.etl import curate_day
 
             context = get_current_context()
-            return curate_day(runtime_settings(ref), partition_day(context), run_context(context))
+            summary = curate_day(runtime_settings(ref), partition_day(context), run_context(context))
+            emit_assets(context, name, summary, "curated", "quarantine")
+            return summary
 
-        @task(depends_on_past=True, outlets=[Asset(asset_name(name, "features"))])
+        @task(depends_on_past=True, inlets=[Asset(asset_name(name, "curated"))],
+              outlets=[Asset(asset_name(name, "features"))])
         @bad_input_fails_fast
         def build_features() -> dict:
-            from sluice.orchestration.context import partition_day, run_context, runtime_settings
+            from sluice.orchestration.context import emit_assets, partition_day, run_context, runtime_settings
             from sluice.stages.etl import build_features_day
 
             context = get_current_context()
-            return build_features_day(runtime_settings(ref), partition_day(context), run_context(context))
+            summary = build_features_day(runtime_settings(ref), partition_day(context), run_context(context))
+            emit_assets(context, name, summary, "features")
+            return summary
 
         wait_for_raw() >> curate_events() >> build_features()
 

@@ -120,3 +120,18 @@ def test_a_missed_deadline_is_posted_with_the_run_and_its_day(webhook, monkeypat
     context["dag_run"]["conf"] = {"partition_day": "2026-02-20"}
     deadline_missed(context, stage="nightly_etl", use_case="churn", minutes=360)
     assert received[-1][1]["ds"] == "2026-02-20"
+
+
+# -- asset events ---------------------------------------------------------------------------------
+def test_asset_events_carry_the_version_day_and_rows_a_stage_wrote() -> None:
+    from sluice.orchestration.context import asset_extra
+
+    curated = {"ds": "2026-03-01", "rows_in": 120, "valid": 100, "quarantined": 15, "duplicates_removed": 5,
+               "curated_version": 9, "quarantine_version": 8}
+    assert asset_extra("curated", curated) == {"ds": "2026-03-01", "delta_version": 9, "rows": 100, "rows_in": 120,
+                                               "rows_quarantined": 15, "duplicates_removed": 5}
+    assert asset_extra("quarantine", curated)["rows"] == 15 and asset_extra("quarantine", curated)["delta_version"] == 8
+    assert asset_extra("raw", {"ds": "2026-03-01", "rows": 120, "version": 4}) == {
+        "ds": "2026-03-01", "delta_version": 4, "rows": 120}
+    scored = {"ds": "2026-03-01", "rows": 90, "predictions_version": 3, "model_version": "2", "feature_table_version": 9}
+    assert asset_extra("predictions", scored)["model_version"] == "2"

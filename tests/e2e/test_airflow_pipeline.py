@@ -133,6 +133,22 @@ def test_backfills_run_both_dags_through_airflow(stack, webhook) -> None:
     curated = _contents(lake, CURATED_EVENTS)
     seen = {d: curated.loc[curated["event_time"].dt.strftime("%Y-%m-%d") <= d, "customer_id"].nunique() for d in DAYS}
     assert rows == seen and seen[DAYS[0]] > 100, (rows, seen)
+    # The asset events say which Delta version of which day each update wrote, and how many rows.
+    events = {}
+    for name, extra in airflow.query(
+        "SELECT a.name, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name LIKE ?",
+        ("sluice.churn.%",),
+    ):
+        events.setdefault(name, []).append(json.loads(extra))
+    features_events = {e["ds"]: e for e in events["sluice.churn.features"]}
+    assert sorted(features_events) == DAYS
+    assert {d: e["rows"] for d, e in features_events.items()} == rows
+    assert max(e["delta_version"] for e in features_events.values()) == lake.version(FEATURES)
+    curated_events = {e["ds"]: e for e in events["sluice.churn.curated"]}
+    assert all(e["rows_in"] == e["rows"] + e["rows_quarantined"] + e["duplicates_removed"]
+               for e in curated_events.values()), curated_events
+    assert sorted(e["ds"] for e in events["sluice.churn.raw"]) == DAYS
+
     lineage = lake.lineage(FEATURES)
     assert lineage is not None
     assert lineage.dag_id == ETL

@@ -309,3 +309,38 @@ def send_day_alert(
     from sluice.stages.monitoring import send_day_alert as send
 
     return send(runtime_settings(use_case), day, ctx, drift, performance, alert_webhook_url)
+
+
+# Where a stage's summary holds the Delta version and the rows written of each asset it marks.
+_ASSET_FIELDS = {
+    "raw": ("version", "rows"),
+    "curated": ("curated_version", "valid"),
+    "quarantine": ("quarantine_version", "quarantined"),
+    "features": ("features_version", "entities"),
+    "predictions": ("predictions_version", "rows"),
+}
+
+
+def asset_extra(kind: str, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Pure: the ``extra`` of the asset event of ``kind`` for a stage's summary: table version, day, rows."""
+    version_key, rows_key = _ASSET_FIELDS[kind]
+    extra: dict[str, Any] = {"ds": summary.get("ds"), "delta_version": summary.get(version_key),
+                             "rows": summary.get(rows_key)}
+    if kind in ("curated", "quarantine"):
+        extra.update(rows_in=summary.get("rows_in"), rows_quarantined=summary.get("quarantined"),
+                     duplicates_removed=summary.get("duplicates_removed"))
+    if kind == "predictions":
+        extra.update(model_version=summary.get("model_version"), feature_table_version=summary.get("feature_table_version"))
+    if kind == "features":
+        extra.update(state_version=summary.get("state_version"), labelled_snapshot=summary.get("labelled_snapshot"))
+    return extra
+
+
+def emit_assets(context: Mapping[str, Any], use_case: str, summary: Mapping[str, Any], *kinds: str) -> None:
+    """Attach what was written (Delta version, day, rows, quarantined) to the task's asset events,
+    so that the Assets view of the UI says which version of which day an update made."""
+    from airflow.sdk import Asset
+
+    events = context["outlet_events"]
+    for kind in kinds:
+        events[Asset(asset_name(use_case, kind))].extra = asset_extra(kind, summary)
