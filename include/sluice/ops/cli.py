@@ -270,10 +270,13 @@ def _demo(args: argparse.Namespace) -> int:
         else:
             step(f"no week in {args.start}..{args.end} has matured labels after the warm-up: no retraining")
         # The lake's upkeep once the loop is done: paused at creation, as a new deployment has it
-        # during its first load; unpaused, the scheduler runs it for the latest day (catchup off).
+        # during its first load. The embedded scheduler makes no scheduled runs (the demo's days
+        # are backfills), so it is unpaused and triggered for the last day.
         upkeep = dag_id("lake_maintenance")
         airflow.cli("dags", "unpause", upkeep)
-        step(f"airflow dags unpause {upkeep}: compaction, checkpoints, vacuum, state retention")
+        airflow.trigger(upkeep, conf={"partition_day": args.end})
+        step(f"airflow dags unpause + trigger {upkeep} for {args.end}: compaction, checkpoints, vacuum, "
+             "state retention")
         if not _wait(airflow, upkeep, 1, args.timeout, step, home):
             return 1
     finally:
