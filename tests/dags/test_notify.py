@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
 import pytest
+from tests.conftest import webhook_server
 
 from sluice.ops.embedded import free_port
 from sluice.orchestration.notify import WebhookFailureNotifier, failure_notifiers
@@ -16,22 +14,8 @@ from sluice.orchestration.notify import WebhookFailureNotifier, failure_notifier
 
 @pytest.fixture
 def webhook() -> Iterator[tuple[str, list]]:
-    received: list = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-            received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/sluice", received
-    server.shutdown()
-    server.server_close()
+    with webhook_server() as served:
+        yield served
 
 
 def _context(error: Exception) -> dict:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
 import pytest
+from tests.conftest import webhook_server
 
 from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake
@@ -40,23 +39,14 @@ DAYS = [str(dt.date(2026, 1, 1) + dt.timedelta(days=i)) for i in range(6)]
 
 @pytest.fixture(scope="module")
 def webhook():
-    """A real HTTP endpoint for the alert connection: it keeps every notice POSTed."""
-    received: list = []
+    """A real HTTP endpoint for the alert connection (tests/conftest.py's webhook_server)."""
+    with webhook_server() as served:
+        yield served
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/sluice", received
-    server.shutdown()
-    server.server_close()
+def _posted(webhook) -> list[dict]:
+    """The JSON bodies POSTed to the webhook so far."""
+    return [body for _, body in _posted(webhook)]
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +105,9 @@ def test_backfills_run_both_dags_through_airflow(stack, webhook) -> None:
     # sluice's callback, which POSTed the notice to the alert webhook. ingest_raw's (3 h) did not.
     run_ids = {r["run_id"] for r in runs}
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and {n["run_id"] for n in webhook[1] if n.get("deadline")} < run_ids:
+    while time.monotonic() < deadline and {n["run_id"] for n in _posted(webhook) if n.get("deadline")} < run_ids:
         time.sleep(2)
-    late = [n for n in webhook[1] if n.get("deadline")]
+    late = [n for n in _posted(webhook) if n.get("deadline")]
     assert {n["run_id"] for n in late} == run_ids, late
     assert all(n["dag_id"] == ETL and "is late: not done by" in n["text"] for n in late)
     assert sorted(n["ds"] for n in late) == DAYS
@@ -203,8 +193,8 @@ def test_day_over_the_defect_limit_fails_cleanly(stack, webhook) -> None:
         assert column in text
 
     # ... and its on_failure_callback said so through the alert webhook, once, with the reason.
-    notices = [n for n in webhook[1] if n.get("task_id") == "curate_events"]
-    assert len(notices) == 1, webhook[1]
+    notices = [n for n in _posted(webhook) if n.get("task_id") == "curate_events"]
+    assert len(notices) == 1, _posted(webhook)
     assert notices[0]["dag_id"] == ETL and notices[0]["ds"] == BAD_DAY and notices[0]["run_id"] == bad[0]["run_id"]
     assert "break the contract" in notices[0]["text"] and "amount" in notices[0]["text"]
 

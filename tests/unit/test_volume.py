@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
+from tests.conftest import webhook_server
 
 from sluice.core.contracts import ContractViolation
 from sluice.core.lineage import RunContext
@@ -95,22 +93,9 @@ class _Thinned:
 
 @pytest.fixture
 def webhook() -> Iterator[tuple[str, list]]:
-    received: list = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/sluice", received
-    server.shutdown()
-    server.server_close()
+    """The alert webhook; the list holds the (path, JSON body) POSTed to it."""
+    with webhook_server() as served:
+        yield served
 
 
 def _ingest(settings: Settings, keep: float) -> None:
@@ -134,7 +119,7 @@ def test_a_thin_day_alerts_once_with_its_numbers_and_a_normal_day_does_not(tmp_p
     assert again["verdict"] == "low" and not again["alert_sent"], "sent at most once per day"
 
     assert len(received) == 1
-    alert = received[0]
+    alert = received[0][1]
     assert alert["ds"] == LOW_DAY.isoformat() and alert["use_case"] == "churn" and alert["dag_id"] == ctx.dag_id
     assert alert["volume"]["verdict"] == "low" and alert["volume"]["ratio"] < 0.5
     assert f"{first['rows']} raw rows on {LOW_DAY}" in alert["text"]

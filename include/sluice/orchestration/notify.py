@@ -47,15 +47,11 @@ class WebhookFailureNotifier(BaseNotifier):
         self.conn_id = conn_id
 
     def notify(self, context: Mapping[str, Any]) -> None:
-        from airflow.sdk import BaseHook
-        from airflow.sdk.exceptions import AirflowNotFoundException
-
-        from sluice.edges.alerts import failure_payload, send_alert, webhook_url
+        from sluice.edges.alerts import failure_payload, send_alert
         from sluice.settings import load_settings
 
-        try:
-            conn = BaseHook.get_connection(self.conn_id)
-        except AirflowNotFoundException:
+        url = _webhook_url(self.conn_id)
+        if url is None:
             log.info("connection %s is not configured: failure not notified by webhook", self.conn_id)
             return
         ti = context.get("ti") or context.get("task_instance")
@@ -71,8 +67,6 @@ class WebhookFailureNotifier(BaseNotifier):
             error=f"{type(error).__name__}: {error}" if error is not None else None,
             log_url=getattr(ti, "log_url", None),
         )
-        url = webhook_url(conn_type=conn.conn_type, host=conn.host, port=conn.port, schema=conn.schema,
-                          extra=conn.extra_dejson)
         try:
             send_alert(url, payload, timeout=load_settings().timeouts.http_s)
         except Exception as exc:  # the task failed already: say why the notice did not go, hide nothing
@@ -132,10 +126,7 @@ def deadline(stage: str, use_case: str) -> Any:
 
 def deadline_missed(context: Mapping[str, Any], stage: str, use_case: str, minutes: float, **_: Any) -> None:
     """The callback of a missed deadline (run by the executor): POST the notice to the alert webhook."""
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    from sluice.edges.alerts import deadline_payload, send_alert, webhook_url
+    from sluice.edges.alerts import deadline_payload, send_alert
     from sluice.settings import load_settings
 
     run = dict(context.get("dag_run") or {})
@@ -146,13 +137,10 @@ def deadline_missed(context: Mapping[str, Any], stage: str, use_case: str, minut
         use_case=use_case,
     )
     log.warning("DEADLINE missed: %s", payload["text"])
-    try:
-        conn = BaseHook.get_connection(ALERT_WEBHOOK)
-    except AirflowNotFoundException:
+    url = _webhook_url(ALERT_WEBHOOK)
+    if url is None:
         log.info("connection %s is not configured: the missed deadline is only logged", ALERT_WEBHOOK)
         return
-    url = webhook_url(conn_type=conn.conn_type, host=conn.host, port=conn.port, schema=conn.schema,
-                      extra=conn.extra_dejson)
     send_alert(url, payload, timeout=load_settings().timeouts.http_s)
 
 
@@ -163,3 +151,18 @@ def _day_of(run: Mapping[str, Any]) -> str | None:
         return str(conf["partition_day"])
     start = run.get("data_interval_start") or run.get("logical_date")
     return str(start)[:10] if start else None
+
+
+def _webhook_url(conn_id: str) -> str | None:
+    """The URL the webhook connection holds (``sluice.edges.alerts.webhook_url``), None when it is absent."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from sluice.edges.alerts import webhook_url
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    return webhook_url(conn_type=conn.conn_type, host=conn.host, port=conn.port, schema=conn.schema,
+                       extra=conn.extra_dejson)
