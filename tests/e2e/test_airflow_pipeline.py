@@ -46,7 +46,7 @@ def webhook():
 
 def _posted(webhook) -> list[dict]:
     """The JSON bodies POSTed to the webhook so far."""
-    return [body for _, body in _posted(webhook)]
+    return [body for _, body in webhook[1]]
 
 
 @pytest.fixture(scope="module")
