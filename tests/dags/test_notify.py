@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
-from tests.conftest import webhook_server
+from tests.helpers import webhook_server
 
 from sluice.ops.embedded import free_port
 from sluice.orchestration.notify import WebhookFailureNotifier, failure_notifiers

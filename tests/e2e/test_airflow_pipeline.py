@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 import pytest
-from tests.conftest import webhook_server
+from tests.helpers import webhook_server
 
 from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake
@@ -39,7 +39,7 @@ DAYS = [str(dt.date(2026, 1, 1) + dt.timedelta(days=i)) for i in range(6)]
 
 @pytest.fixture(scope="module")
 def webhook():
-    """A real HTTP endpoint for the alert connection (tests/conftest.py's webhook_server)."""
+    """A real HTTP endpoint for the alert connection (tests/helpers.py's webhook_server)."""
     with webhook_server() as served:
         yield served
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
-from tests.conftest import webhook_server
+from tests.helpers import webhook_server
 
 from sluice.core.contracts import ContractViolation
 from sluice.core.lineage import RunContext

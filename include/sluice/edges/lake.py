@@ -222,7 +222,6 @@ class Lake:
                     commit_properties=CommitProperties(custom_metadata=metadata, max_commit_retries=20),
                     **write,
                 )
-                break
             except CommitFailedError as exc:
                 if attempt == max_attempts:
                     raise
@@ -231,7 +230,18 @@ class Lake:
                 self._latest.pop(table.name, None)
                 log.warning("commit to %s conflicted (%s); retry %d", table.name, exc, attempt)
                 time.sleep(min(0.1 * attempt, 2.0) * (0.5 + random.random()))  # jitter: writers spread out
-        return self._version_of_commit(table, token)
+                continue
+            version = self._version_of_commit(table, token)
+            if version is not None:
+                return version
+            # The write reported success, yet no commit in the log is ours: a store whose
+            # put-if-absent is not atomic let a concurrent writer's commit file replace ours
+            # (seen on moto's S3 server). The log is whole without it, and nothing of ours is
+            # visible: commit again, from the table as it now is.
+            if attempt == max_attempts:
+                break
+            log.warning("commit to %s was lost (replaced by a concurrent writer's); retry %d", table.name, attempt)
+        raise LakeError(f"commit {token} to {table.name} not found in its log after {max_attempts} attempts")
 
     def write_partition(self, table: Table, ds: str, data: pa.Table, lineage: Lineage) -> int:
         return self.write_partitions(table, [ds], data, lineage)
@@ -277,8 +287,9 @@ class Lake:
             log.info("appended %d rows to %s %s: version %d", len(new), table.name, ds, version)
         return version
 
-    def _version_of_commit(self, table: Table, token: str) -> int:
-        """The version our commit landed at, read from the newest commit files themselves.
+    def _version_of_commit(self, table: Table, token: str) -> int | None:
+        """The version our commit landed at, read from the newest commit files themselves;
+        None when none of them is ours.
 
         (``DeltaTable.history()`` numbers entries by position, which is off while other
         writers are committing concurrently.)
@@ -294,7 +305,7 @@ class Lake:
                 with fs.open_input_stream(f"{base}/{version:020d}.json") as f:
                     if token.encode() in f.read():
                         return version
-        raise LakeError(f"commit {token} not found in the log of {table.name}")
+        return None
 
     # -- reading ----------------------------------------------------------------
     def read_partitions(
