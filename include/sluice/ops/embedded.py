@@ -244,6 +244,8 @@ class LocalAirflow:
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.project / "dags"),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.project / "plugins"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                # The Test button of the Connections page (PostgresHook, HttpHook answer it).
+                "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": "4",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",

@@ -234,13 +234,13 @@ def runtime_settings(use_case: str | None = None) -> Settings:
         from sluice.edges.sources import SourceError
 
         try:
-            conn = BaseHook.get_connection(SOURCE_CONNECTION_ID)
+            BaseHook.get_connection(SOURCE_CONNECTION_ID)
         except AirflowNotFoundException as exc:
             raise SourceError(
                 f"SLUICE_SOURCE=postgres needs SLUICE_SOURCE_POSTGRES_DSN or the connection {SOURCE_CONNECTION_ID} "
                 "(airflow_settings.yaml creates it from SLUICE_SOURCE_POSTGRES_URI)"
             ) from exc
-        settings = settings.model_copy(update={"source_postgres_dsn": libpq_dsn(conn)})
+        settings = settings.model_copy(update={"source_postgres_dsn": postgres_dsn(SOURCE_CONNECTION_ID)})
     return settings
 
 
@@ -257,33 +257,68 @@ def connection_or_skip(conn_id: str, off: str = "publisher off") -> Any:
 
 def publish_scores(use_case: str, kind: str, conn_id: str, ds: str) -> int:
     """Publish the predictions of ``ds`` through the connection ``conn_id`` (skip if absent)."""
-    from urllib.parse import quote
-
     from sluice.core import usecase
     from sluice.edges import publish
     from sluice.edges.lake import Lake
 
-    conn = connection_or_skip(conn_id)
+    connection_or_skip(conn_id)
     settings = runtime_settings(use_case)
     uc = usecase.of(settings)
     target = publish.Target.for_use_case(uc)
     scores = Lake(settings).read_partition(uc.tables.predictions, ds).to_pandas()
     if kind == "postgres":
-        return publish.publish_postgres(libpq_dsn(conn), scores, target, settings.timeouts)
-    auth = f":{quote(conn.password)}@" if conn.password else ""
-    url = f"redis://{auth}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{conn.schema or 0}"
-    return publish.publish_redis(url, scores, ds, target, settings.timeouts)
+        return publish.publish_postgres(postgres_dsn(conn_id), scores, target, settings.timeouts)
+    return publish.publish_redis(redis_url(conn_id), scores, ds, target, settings.timeouts)
 
 
-def libpq_dsn(conn: Any) -> str:
-    """A libpq keyword DSN from an Airflow connection (values quoted as libpq wants)."""
+def postgres_dsn(conn_id: str) -> str:
+    """The libpq DSN of a ``postgres`` connection, read the way PostgresHook reads it.
 
-    def q(value: object) -> str:
-        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    The provider's hook resolves the connection (with its IAM token when ``extra.iam`` asks for
+    one) and its extras are libpq parameters (``sslmode``, ``sslrootcert``, ``application_name``,
+    ...) except the hook's own options; psycopg2's ``make_dsn`` quotes them. The DSN, not the
+    hook's connection, goes to the edge: ``bounded_connection`` adds the timeouts every
+    connection of Sluice has, which ``PostgresHook.get_conn`` would not.
+    """
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+    from psycopg2.extensions import make_dsn
 
-    parts = {"host": conn.host, "port": conn.port or 5432, "dbname": conn.schema, "user": conn.login,
-             "password": conn.password}
-    return " ".join(f"{k}={q(v)}" for k, v in parts.items() if v not in (None, ""))
+    hook = PostgresHook(postgres_conn_id=conn_id)
+    conn = hook.connection
+    login, password, port = conn.login, conn.password, conn.port
+    if conn.extra_dejson.get("iam", False):
+        login, password, port = hook.get_iam_token(conn)
+    params: dict[str, Any] = {"host": conn.host, "port": port or 5432, "dbname": hook.database or conn.schema,
+                              "user": login, "password": password}
+    params |= {k: v for k, v in conn.extra_dejson.items() if k not in hook.ignored_extra_options}
+    return make_dsn(**{k: v for k, v in params.items() if v not in (None, "")})
+
+
+def redis_url(conn_id: str) -> str:
+    """The redis-py URL of a ``redis`` connection, read the way RedisHook reads it.
+
+    RedisHook takes the database from ``extra.db`` and TLS from ``extra.ssl`` (with ``ssl_*``
+    options); a connection given as a URI (``redis://host:6379/3``) holds the database in its
+    schema, which counts when ``extra.db`` is absent. Returned as a URL because the edge builds
+    its own client: with the socket timeouts and the no-retry policy RedisHook does not set.
+    """
+    from urllib.parse import quote, urlencode
+
+    from airflow.providers.redis.hooks.redis import RedisHook
+
+    conn = RedisHook.get_connection(conn_id)
+    extra = conn.extra_dejson
+    db = extra.get("db")
+    if db in (None, ""):
+        db = conn.schema or 0
+    password = None if str(conn.password).lower() in ("none", "false", "") else conn.password
+    auth = ""
+    if conn.login or password:
+        auth = f"{quote(conn.login or '', safe='')}{':' + quote(password, safe='') if password else ''}@"
+    ssl = str(extra.get("ssl", False)).lower() in ("true", "1")
+    query = {k: v for k, v in extra.items() if k.startswith("ssl_") and v not in (None, "")} if ssl else {}
+    url = f"{'rediss' if ssl else 'redis'}://{auth}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{int(db)}"
+    return f"{url}?{urlencode(query)}" if query else url
 
 
 def alert_webhook_url() -> str:
