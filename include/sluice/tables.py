@@ -69,6 +69,11 @@ MODEL_DECISIONS = Table(
         ("run_id", "string"),
         ("recorded_at", "timestamp_utc"),
         ("training_data", "string"),  # sha256 of the training rows, the as-of day and the model settings
+        # With gate.shadow.required: challenger (in shadow from the next day), waiting (another is in
+        # shadow), rejected (failed offline), promoted / retired (a challenger judged on its live days).
+        # Null: every decided model is shadowed, and the offline gate alone decides.
+        ("shadow_state", "string"),
+        ("shadow_json", "string"),  # the shadow evidence of the challenger in shadow when this was decided
     ),
     "Gate decisions as of day ds, one row per model version (appended, never rewritten): every check, "
     "its numbers, the reason.",
@@ -119,6 +124,25 @@ PERFORMANCE_HISTORY = Table(
         ("alert", "bool_"),
     ),
     "Realised performance of the model that scored day ds, once its labels matured (evaluated_on = ds + horizon).",
+)
+
+SHADOW_PERFORMANCE = Table(
+    "monitoring/shadow_performance",
+    partitioned(
+        ("champion_version", "string"),
+        ("challenger_version", "string"),
+        ("rows", "int64"),  # entities of ds scored by both, with a matured label
+        ("positive_rate", "float64"),
+        ("champion_roc_auc", "float64"),
+        ("challenger_roc_auc", "float64"),
+        ("champion_pr_auc", "float64"),
+        ("challenger_pr_auc", "float64"),
+        ("champion_log_loss", "float64"),
+        ("challenger_log_loss", "float64"),
+        ("evaluated_on", "string"),
+    ),
+    "Champion and shadow challenger on the same entities of day ds, once their labels matured "
+    "(evaluated_on = ds + horizon): the live evidence a promotion can require.",
 )
 
 # Early retrainings triggered by drift, so that the cooldown survives restarts and backfills.
@@ -199,6 +223,7 @@ RECORD_TABLES: tuple[Table, ...] = (
     MODEL_PROMOTIONS,
     DRIFT_HISTORY,
     PERFORMANCE_HISTORY,
+    SHADOW_PERFORMANCE,
     EARLY_RETRAINS,
     ALERTS_SENT,
     VOLUME_HISTORY,

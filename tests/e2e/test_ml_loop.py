@@ -182,10 +182,20 @@ def test_each_day_is_scored_with_its_champion_and_published(stack, scores_db: st
         assert len(scored) == features_rows[day] == scored["customer_id"].nunique()
         assert set(scored["model_version"]) == {promotions.champion_on(lake, dt.date.fromisoformat(day))}
         assert scored["score"].between(0, 1).all()
+    # The challenger of each day (a retrained model that is not champion) is scored in shadow.
+    shadowed = {day: promotions.challenger_on(lake, dt.date.fromisoformat(day)) for day in SCORE_DAYS}
+    shadow_rows = lake.partition_rows(TABLES.shadow) if lake.exists(TABLES.shadow) else {}
+    assert {d for d, v in shadowed.items() if v} == set(shadow_rows), (shadowed, shadow_rows)
+    for day, rows in shadow_rows.items():
+        shadow = lake.read_partition(TABLES.shadow, day).to_pandas()
+        assert rows == features_rows[day] and set(shadow["model_version"]) == {shadowed[day]}
 
     with psycopg2.connect(f"host=127.0.0.1 user=postgres dbname={scores_db}") as conn, conn.cursor() as cur:
         cur.execute("SELECT ds::text, count(*) FROM churn_scores GROUP BY ds ORDER BY ds")
         assert cur.fetchall() == [(d, features_rows[d]) for d in SCORE_DAYS]
+        cur.execute("SELECT ds::text, model_version FROM churn_scores GROUP BY ds, model_version")
+        assert all(v == promotions.champion_on(lake, dt.date.fromisoformat(d)) for d, v in cur.fetchall()), \
+            "only the champion's scores are published"
     client = redis.Redis(db=REDIS_DB)
     assert client.get("sluice:churn:latest").decode() == END
     assert client.hlen(f"sluice:churn:{END}") == features_rows[END]

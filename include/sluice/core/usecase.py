@@ -259,6 +259,19 @@ def _default_floors() -> dict[Floor, float]:
     return {"roc_auc": 0.70, "pr_auc_lift": 1.5}
 
 
+class ShadowSpec(_Spec):
+    """Live evidence a promotion can require: the challenger scored in shadow beside the champion."""
+
+    required: bool = Field(
+        default=False,
+        description="A challenger that passes the offline gate is promoted only once the live days show it better; "
+        "until then it is scored in shadow (never published).",
+    )
+    min_days: int = Field(default=14, ge=2, description="Matured live days of paired scores the evidence needs.")
+    metric: Literal["roc_auc", "pr_auc", "log_loss"] = "roc_auc"
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="Of the paired t-interval over the days.")
+
+
 class GateSpec(_Spec):
     primary_metric: Literal["roc_auc", "pr_auc"] = "roc_auc"
     floors: dict[Floor, float] = Field(default_factory=_default_floors)
@@ -273,6 +286,7 @@ class GateSpec(_Spec):
     calibration_max_ece_ratio: float = Field(
         default=0.5, gt=0, description="The challenger's calibration error may not exceed this share of the base rate."
     )
+    shadow: ShadowSpec = Field(default_factory=ShadowSpec)
 
 
 class RiskBand(_Spec):
@@ -445,9 +459,10 @@ class UseCaseTables:
     state: Table
     features: Table
     predictions: Table
+    shadow: Table
 
     def all(self) -> tuple[Table, ...]:
-        return (self.raw, self.quarantine, self.curated, self.state, self.features, self.predictions)
+        return (self.raw, self.quarantine, self.curated, self.state, self.features, self.predictions, self.shadow)
 
 
 _ARROW = {"string": "string", "category": "string", "integer": "int64", "number": "float64",
@@ -591,6 +606,8 @@ class UseCase:
         state += [(f"cum_{n}", "int64") for n in self.counters] + [(f"cum_{ACTIVE_DAYS}", "int64")]
         state += [(n, _ARROW[self.spec.fields[n].type]) for n in self.attributes]
         feats = [(self.key, key_type)] + [(f.name, f.dtype) for f in self.features] + [(self.label, "int8")]
+        scores = ((self.key, key_type), ("score", "float64"), ("risk_band", "string"), ("model_version", "string"),
+                  ("feature_table_version", "int64"))
         return UseCaseTables(
             raw=Table("raw/events", partitioned(*raw), "Events of day ds as extracted from the source, untyped."),
             quarantine=Table(
@@ -610,10 +627,18 @@ class UseCase:
             ),
             predictions=Table(
                 "predictions/scores",
-                partitioned((self.key, key_type), ("score", "float64"), ("risk_band", "string"),
-                            ("model_version", "string"), ("feature_table_version", "int64")),
+                partitioned(*scores),
                 f"Score ({self.label}) of every {entity} in the features of ds, with the model and feature "
                 "versions used.",
+            ),
+            # Its own table, not a role column of predictions/scores: the publishers, the drift
+            # report and every reader downstream read that table whole, and a shadow score must
+            # never reach them (one forgotten filter would publish it).
+            shadow=Table(
+                "predictions/shadow_scores",
+                partitioned(*scores),
+                f"Shadow scores of day ds: the challenger's score ({self.label}) of every {entity} scored by the "
+                "champion, never published; compared with the champion's once the labels mature.",
             ),
         )
 

@@ -348,6 +348,7 @@ def _land(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> int:
+    from sluice.core import usecase
     from sluice.edges.lake import Lake
     from sluice.edges.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, RegistryError
     from sluice.stages import promotions
@@ -386,6 +387,8 @@ def _model(args: argparse.Namespace) -> int:
         "last_decision": {k: v for k, v in decisions[-1].items() if k != "decision_json"} if decisions else None,
         "promotions": history,
     }
+    in_shadow, evidence, _ = promotions.shadow_status(lake, usecase.of(settings).spec.gate.shadow, today)
+    report["shadow"] = None if evidence is None else evidence.to_dict()
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
@@ -397,6 +400,8 @@ def _model(args: argparse.Namespace) -> int:
         print(f"last decision {d['ds']}: v{d['model_version']} vs champion v{d['champion_version']}: "
               f"{promotions.verdict(d)}")
         print(f"  reason: {d['reason']}")
+    if evidence is not None:
+        print(f"in shadow: v{in_shadow}: {evidence.describe()}")
     for row in history:
         was = f"v{row['previous_version']}" if row["previous_version"] else "no champion"
         decided = f", decided as of {row['decision_ds']}" if row.get("decision_ds") else ""

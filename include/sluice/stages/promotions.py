@@ -90,6 +90,51 @@ def champion_on(lake: Lake, day: dt.date) -> str | None:
     return rows[-1]["model_version"] if rows else None
 
 
+def challenger_on(lake: Lake, day: dt.date) -> str | None:
+    """The version in shadow on ``day``: the newest model decided before it, when it is not the champion.
+
+    Every retraining makes its model the challenger (promoted or not), unless the use case
+    requires shadow evidence: then only a model that passed the offline gate, and only while no
+    other is still collecting its evidence (``shadow_state`` of the decisions). A decision as of
+    D takes effect on D+1, as a promotion does. Read from the decision records, so that a re-run or a
+    backfill of ``day`` shadows the model of its own time, not today's.
+    """
+    from sluice.tables import MODEL_DECISIONS
+
+    if not lake.exists(MODEL_DECISIONS):
+        return None
+    columns = ["model_version", "recorded_at", "shadow_state", "dry_run", PARTITION_COLUMN]
+    decided = [r for r in lake.read_table(MODEL_DECISIONS, columns=columns).to_pylist()
+               if effective_day(r[PARTITION_COLUMN]) <= day.isoformat()]
+    current = None
+    for row in sorted(decided, key=lambda r: (r[PARTITION_COLUMN], r["recorded_at"])):
+        state = row["shadow_state"]
+        if state is not None and row["dry_run"]:
+            continue  # a dry run of a gate that requires shadow evidence changes nothing
+        if state in (None, "challenger"):  # (None: the offline gate alone decides; every model is shadowed)
+            current = row["model_version"]
+        elif state in ("promoted", "retired") and current == row["model_version"]:
+            current = None
+        # waiting, rejected: the model in shadow stays
+    return None if current == champion_on(lake, day) else current
+
+
+def shadow_status(lake: Lake, spec: Any, today: dt.date) -> tuple[str | None, Any, list[dict[str, Any]]]:
+    """The model in shadow now (else the one of the newest paired day), its evidence under the use
+    case's ``gate.shadow`` spec, and every paired live day, oldest first."""
+    from sluice.core.shadow import shadow_evidence
+    from sluice.tables import SHADOW_PERFORMANCE
+
+    rows = (sorted(lake.read_table(SHADOW_PERFORMANCE).to_pylist(), key=lambda r: r[PARTITION_COLUMN])
+            if lake.exists(SHADOW_PERFORMANCE) else [])
+    challenger = challenger_on(lake, today) or (rows[-1]["challenger_version"] if rows else None)
+    evidence = None
+    if challenger is not None:
+        evidence = shadow_evidence(rows, challenger, min_days=spec.min_days, metric=spec.metric,
+                                   confidence=spec.confidence)
+    return challenger, evidence, rows
+
+
 def promote_by_hand(settings: Settings, version: str, reason: str, today: dt.date) -> tuple[str | None, str]:
     if not reason.strip():
         raise RegistryError("a manual promotion needs a reason")

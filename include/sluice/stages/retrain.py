@@ -19,13 +19,14 @@ from sluice.core import train as T
 from sluice.core import usecase
 from sluice.core.gate import Decision, GatePolicy, decide, forced, metrics
 from sluice.core.lineage import RunContext, detected_code_version
+from sluice.core.shadow import ShadowEvidence, shadow_evidence
 from sluice.core.usecase import UseCase
 from sluice.edges.lake import Lake
 from sluice.edges.registry import CHALLENGER, CHAMPION, Registry
 from sluice.settings import Settings
-from sluice.stages.promotions import effective_day, record_promotion, verdict
+from sluice.stages.promotions import challenger_on, effective_day, record_promotion, verdict
 from sluice.stages.promotions import history as promotion_history
-from sluice.tables import MODEL_DECISIONS, PARTITION_COLUMN
+from sluice.tables import MODEL_DECISIONS, PARTITION_COLUMN, SHADOW_PERFORMANCE
 
 log = logging.getLogger(__name__)
 
@@ -438,13 +439,19 @@ def _finish(
                         bool(recorded["dry_run"]), bool(recorded["forced"]), recorded["reason"], already=True)
     champion_before = decision.get("champion")
     reason = decision.get("forced_reason") or "; ".join(decision.get("reasons") or [])
-    promoted = bool(decision["promote"]) and not dry_run
+    shadow = _shadow_step(settings, lake, registry, ds, candidate, ctx, dry_run=dry_run)
+    if shadow.evidence is not None:
+        decision = decision | {"shadow": shadow.evidence.to_dict()}
+    if shadow.note:
+        reason = f"{reason}; {shadow.note}" if reason else shadow.note
+    promoted = bool(decision["promote"]) and shadow.state is None and not dry_run
     later = superseded_by(lake, ds) if promoted else None
     if later is not None:
         promoted = False
         reason = (f"superseded: v{later['model_version']} is champion from {later[PARTITION_COLUMN]}, after the day "
                   f"this decision would take effect ({effective_day(ds)}); the alias stays. Gate: {reason}")
-    registry.set_alias(CHALLENGER, version)
+    if shadow.state in (None, "challenger"):
+        registry.set_alias(CHALLENGER, version)
     previous = None
     if promoted:
         moved_from = registry.promote(version)
@@ -471,6 +478,8 @@ def _finish(
                 "run_id": ctx.run_id,
                 "recorded_at": dt.datetime.now(dt.UTC),  # an audit time, not business logic
                 "training_data": candidate.training_data,
+                "shadow_state": shadow.state,
+                "shadow_json": None if shadow.evidence is None else json.dumps(shadow.evidence.to_dict()),
                 PARTITION_COLUMN: ds,
             }
         ],
@@ -485,7 +494,107 @@ def _finish(
             decision_ds=ds,
         )
     return _outcome(ds, candidate, champion_before, promoted, dry_run, bool(decision.get("forced")), reason,
-                    already=False)
+                    already=False) | shadow.outcome()
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadowStep:
+    """What the shadow part of a decision did: the evidence of the model in shadow, and the candidate's state."""
+
+    evidence: ShadowEvidence | None = None
+    state: str | None = None  # the candidate's shadow_state (None: the offline gate alone decides)
+    note: str | None = None
+    judged: dict[str, Any] | None = None  # the decision row of the challenger judged on its live days
+
+    def outcome(self) -> dict[str, Any]:
+        return {"shadow": None if self.evidence is None else self.evidence.to_dict(), "shadow_state": self.state,
+                "shadow_judged": None if self.judged is None else
+                {k: self.judged[k] for k in ("model_version", "promoted", "shadow_state", "reason")}}
+
+
+def shadow_rows(lake: Lake, as_of: str) -> list[dict[str, Any]]:
+    """The paired live days evaluated by ``as_of`` (a backfill of an old week sees only its past)."""
+    if not lake.exists(SHADOW_PERFORMANCE):
+        return []
+    return [r for r in lake.read_table(SHADOW_PERFORMANCE).to_pylist() if r["evaluated_on"] <= as_of]
+
+
+def _shadow_step(
+    settings: Settings, lake: Lake, registry: Registry, ds: str, candidate: Candidate, ctx: RunContext, *,
+    dry_run: bool,
+) -> ShadowStep:
+    """The shadow part of the decision as of ``ds``.
+
+    The evidence of the model in shadow on D is recorded with every decision. When the use
+    case requires it (``gate.shadow.required``), that model is judged first once it has its
+    days: promoted if better (from D+1, as any decision), retired if not. The candidate is then
+    promoted by nobody: it passed the offline gate and goes into shadow (``challenger``), or
+    another is still in shadow (``waiting``), or it failed (``rejected``). A first model, with
+    no champion to compare with live, and a forced promotion go by the offline gate alone.
+    """
+    uc = usecase.of(settings)
+    spec = uc.spec.gate.shadow
+    pending = challenger_on(lake, dt.date.fromisoformat(ds))
+    evidence = None
+    if pending is not None:
+        evidence = shadow_evidence(shadow_rows(lake, ds), pending, min_days=spec.min_days, metric=spec.metric,
+                                   confidence=spec.confidence)
+    decision = candidate.decision
+    if not spec.required or decision.get("champion") is None or decision.get("forced"):
+        return ShadowStep(evidence=evidence)
+    judged = None
+    if pending is not None and evidence is not None and evidence.verdict != "too few days":
+        judged = _judge_in_shadow(lake, registry, ds, pending, evidence, decision.get("champion"), candidate, ctx,
+                                  dry_run=dry_run)
+    if judged is not None and judged["shadow_state"] == "promoted":
+        state, note = "waiting", f"not shadowed: v{pending} was promoted on its live days"
+    elif pending is not None and (judged is None or judged["shadow_state"] == "challenger"):
+        assert evidence is not None
+        state, note = "waiting", (f"not shadowed: v{pending} is in shadow ({evidence.days} of {spec.min_days} "
+                                  "matured live days)")
+    elif decision["promote"]:
+        state, note = "challenger", (f"passed the offline gate: in shadow from {effective_day(ds)}, promoted once "
+                                     f"{spec.min_days} matured live days show it better ({spec.metric}, paired "
+                                     f"{spec.confidence:.0%} interval above zero)")
+    else:
+        state, note = "rejected", None
+    return ShadowStep(evidence=evidence, state=state, note=note, judged=judged)
+
+
+def _judge_in_shadow(
+    lake: Lake, registry: Registry, ds: str, version: str, evidence: ShadowEvidence, champion: str | None,
+    candidate: Candidate, ctx: RunContext, *, dry_run: bool,
+) -> dict[str, Any]:
+    """Promote or retire the model in shadow on its live days; a judgment recorded as of ``ds`` stands."""
+    for row in recorded_decisions(lake, ds, version):
+        if row["shadow_state"] in ("promoted", "retired"):
+            return row
+    better = evidence.passes
+    reason = evidence.describe()
+    promoted = better and not dry_run
+    later = superseded_by(lake, ds) if promoted else None
+    if later is not None:
+        promoted = False
+        reason = f"superseded: v{later['model_version']} is champion from {later[PARTITION_COLUMN]}. {reason}"
+    previous = None
+    if promoted:
+        moved_from = registry.promote(version)
+        previous = champion if moved_from == version else moved_from
+    row = {
+        "model_version": version, "champion_version": champion, "promote": better, "promoted": promoted,
+        "dry_run": dry_run, "forced": False, "reason": reason, "feature_table_version": candidate.feature_table_version,
+        "decision_json": json.dumps({"shadow": evidence.to_dict()}, indent=2, sort_keys=True), "run_id": ctx.run_id,
+        "recorded_at": dt.datetime.now(dt.UTC), "training_data": None,
+        "shadow_state": "promoted" if promoted else "retired" if not better else "challenger",
+        "shadow_json": json.dumps(evidence.to_dict()), PARTITION_COLUMN: ds,
+    }
+    lake.append_rows(MODEL_DECISIONS, ds, [row], ("model_version", "run_id"),
+                     ctx.lineage(ds, {}, model_version=version))
+    if promoted:
+        record_promotion(lake, effective_day(ds), version, previous, forced=False, reason=reason, ctx=ctx,
+                         decision_ds=ds)
+    log.info("v%s judged on its live days: %s", version, reason)
+    return row
 
 
 def _outcome(

@@ -16,7 +16,7 @@ from sluice.core.lineage import RunContext
 from sluice.core.train import FittedModel
 from sluice.core.usecase import UseCase
 from sluice.edges.lake import Lake
-from sluice.edges.registry import CHAMPION, Registry
+from sluice.edges.registry import CHALLENGER, CHAMPION, Registry
 from sluice.settings import Settings
 from sluice.stages import promotions
 from sluice.tables import PARTITION_COLUMN
@@ -100,11 +100,23 @@ def predictions_table(
     )
 
 
+def resolve_challenger(settings: Settings, lake: Lake, day: dt.date, champion: str, use_current_champion: bool) -> str | None:
+    """The model to shadow on D beside ``champion``: the challenger of D (or the current alias), if it differs."""
+    if use_current_champion:
+        current = Registry(settings).by_alias(CHALLENGER)
+        version = None if current is None else current.version
+    else:
+        version = promotions.challenger_on(lake, day)
+    return None if version in (None, champion) else version
+
+
 def score_day(
     settings: Settings, day: dt.date, ctx: RunContext, *, use_current_champion: bool = False
 ) -> dict[str, Any]:
+    """Score D's features with the champion of D into ``predictions/scores``, and with the
+    challenger of D (when there is one) into ``predictions/shadow_scores``, never published."""
     uc = usecase.of(settings)
-    FEATURES, PREDICTIONS = uc.tables.features, uc.tables.predictions
+    FEATURES, PREDICTIONS, SHADOW = uc.tables.features, uc.tables.predictions, uc.tables.shadow
     lake = Lake(settings)
     ds = day.isoformat()
     version = resolve_model(settings, lake, day, use_current_champion)
@@ -112,8 +124,8 @@ def score_day(
     if feature_version is None or not lake.has_partition(FEATURES, ds):
         raise LookupError(f"{FEATURES.name} has no partition {ds}: run nightly_etl for {ds} first")
     features = lake.read_partition(FEATURES, ds, version=feature_version, columns=[uc.key, *uc.feature_columns])
-    model = FittedModel.from_booster(Registry(settings).load_booster(version), uc)
-    scores = model_scores(model, features)
+    registry = Registry(settings)
+    scores = model_scores(FittedModel.from_booster(registry.load_booster(version), uc), features)
     table = predictions_table(uc, features.column(uc.key), scores, version, feature_version, ds)
     out_version = lake.write_partition(
         PREDICTIONS,
@@ -126,7 +138,7 @@ def score_day(
     bands = {names[i]: int(counts[i]) for i in np.argsort(-counts, kind="stable") if counts[i]}
     log.info("scored %d of %s's %ss on %s with model v%s: %s", len(scores), uc.name, uc.spec.entity.name, ds,
              version, bands)
-    return {
+    summary: dict[str, Any] = {
         "ds": ds,
         "rows": len(scores),
         "model_version": version,
@@ -134,4 +146,22 @@ def score_day(
         "predictions_version": out_version,
         "risk_bands": bands,
         "mean_score": round(float(scores.mean()), 4),
+        "shadow": None,
     }
+    challenger = resolve_challenger(settings, lake, day, version, use_current_champion)
+    if challenger is not None:
+        shadow = model_scores(FittedModel.from_booster(registry.load_booster(challenger), uc), features)
+        shadow_version = lake.write_partition(
+            SHADOW, ds, predictions_table(uc, features.column(uc.key), shadow, challenger, feature_version, ds),
+            ctx.lineage(ds, {FEATURES.name: feature_version}, model_version=challenger, rows=len(shadow),
+                        champion_version=version),
+        )
+        summary["shadow"] = {"model_version": challenger, "rows": len(shadow), "version": shadow_version,
+                             "mean_score": round(float(shadow.mean()), 4)}
+        log.info("shadow-scored %s on %s with the challenger v%s (not published)", ds, uc.name, challenger)
+    elif lake.exists(SHADOW) and lake.has_partition(SHADOW, ds):
+        # A re-run of D that has no challenger any more (say a backfill after the decisions
+        # changed): no stale shadow scores of D stay behind.
+        lake.write_partition(SHADOW, ds, SHADOW.schema.empty_table(),
+                             ctx.lineage(ds, {FEATURES.name: feature_version}, model_version=version, rows=0))
+    return summary

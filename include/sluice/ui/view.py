@@ -174,7 +174,8 @@ def decisions(settings: Settings, lake: Lake | None = None) -> list[dict[str, An
     out = []
     for row in reversed(rows):
         record = json.loads(row["decision_json"] or "{}")
-        item = _plain({k: v for k, v in row.items() if k != "decision_json"})
+        item = _plain({k: v for k, v in row.items() if k not in ("decision_json", "shadow_json")})
+        item["shadow"] = json.loads(row.get("shadow_json") or "null")
         item["verdict"] = promotions.verdict(row)
         item["anchor"] = anchor("decision", row[PARTITION_COLUMN], row["run_id"])
         item["forced_reason"] = record.get("forced_reason")
@@ -223,6 +224,21 @@ def performance_history(settings: Settings, lake: Lake | None = None) -> dict[st
         if lake.exists(PERFORMANCE_HISTORY) else []
     )
     return {"roc_auc_floor": policy.performance_roc_auc_floor, "days": [_plain(r) for r in rows]}
+
+
+def shadow(settings: Settings, lake: Lake | None = None, today: dt.date | None = None) -> dict[str, Any]:
+    """The challenger in shadow and its live evidence against the champion, with every paired day."""
+    from sluice.core import usecase
+    from sluice.stages.promotions import shadow_status
+
+    lake = lake or Lake(settings)
+    spec = usecase.of(settings).spec.gate.shadow
+    challenger, evidence, rows = shadow_status(lake, spec, today or dt.date.today())
+    return {
+        "required": spec.required, "min_days": spec.min_days, "metric": spec.metric, "challenger": challenger,
+        "evidence": None if evidence is None else _plain(evidence.to_dict()) | {"summary": evidence.describe()},
+        "days": [_plain(r) for r in reversed(rows)],
+    }
 
 
 def freshness(settings: Settings, lake: Lake | None = None) -> list[dict[str, Any]]:
@@ -293,6 +309,7 @@ def overview(settings: Settings, now: dt.datetime | None = None) -> dict[str, An
         "decisions": _section("decisions", lambda: decisions(settings, lake)),
         "drift": _section("drift", lambda: drift_history(settings, lake)),
         "performance": _section("performance", lambda: performance_history(settings, lake)),
+        "shadow": _section("shadow", lambda: shadow(settings, lake)),
         "freshness": _section("freshness", lambda: freshness(settings, lake)),
         "stale": _section("stale", lambda: stale_days(settings, last_commits=STALE_COMMITS)),
     }

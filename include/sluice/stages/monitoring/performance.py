@@ -11,15 +11,17 @@ import logging
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from sluice.core import usecase
 from sluice.core.lineage import RunContext
+from sluice.core.usecase import UseCase
 from sluice.edges.lake import Lake
 from sluice.settings import Settings
 from sluice.stages.monitoring.policy import DriftPolicy
 from sluice.stages.monitoring.report import PREDICTION
-from sluice.tables import PARTITION_COLUMN, PERFORMANCE_HISTORY
+from sluice.tables import PARTITION_COLUMN, PERFORMANCE_HISTORY, SHADOW_PERFORMANCE
 
 log = logging.getLogger(__name__)
 
@@ -86,5 +88,40 @@ def record_performance(
         ),
     )
     log.info("realised performance of %s (model %s) on %s: %s", scored_day, row["model_version"], day, m)
+    shadow = _record_shadow(lake, uc, scored_day, day, scores, labels, ctx, features_version)
     return {**base, **{k: v for k, v in row.items() if k != PARTITION_COLUMN}, "pr_auc_lift": m["pr_auc_lift"],
-            "evaluated": True, "history_version": version}
+            "evaluated": True, "history_version": version, "shadow": shadow}
+
+
+def _record_shadow(
+    lake: Lake, uc: UseCase, scored_day: str, day: dt.date, scores: pd.DataFrame, labels: pd.DataFrame,
+    ctx: RunContext, features_version: int,
+) -> dict[str, Any] | None:
+    """Champion and shadow challenger of ``scored_day`` on the same labelled entities, in
+    ``monitoring/shadow_performance``; None when the day had no shadow scores."""
+    from sluice.core.shadow import paired_day
+
+    shadow_table = uc.tables.shadow
+    shadow_version = lake.version(shadow_table)
+    if shadow_version is None or not lake.has_partition(shadow_table, scored_day):
+        return None
+    shadow = lake.read_partition(
+        shadow_table, scored_day, version=shadow_version, columns=[uc.key, PREDICTION, "model_version"]
+    ).to_pandas()
+    both = scores.merge(shadow, on=uc.key, suffixes=("_champion", "_challenger")).merge(labels, on=uc.key)
+    champions, challengers = set(both["model_version_champion"]), set(both["model_version_challenger"])
+    if both.empty or len(champions) != 1 or len(challengers) != 1:
+        return None
+    row = paired_day(both[uc.label].astype(int).to_numpy(), both[f"{PREDICTION}_champion"].to_numpy(),
+                     both[f"{PREDICTION}_challenger"].to_numpy())
+    row |= {"champion_version": champions.pop(), "challenger_version": challengers.pop(),
+            "evaluated_on": day.isoformat(), PARTITION_COLUMN: scored_day}
+    lake.write_partition(
+        SHADOW_PERFORMANCE, scored_day, pa.Table.from_pylist([row], schema=SHADOW_PERFORMANCE.schema),
+        ctx.lineage(scored_day, {uc.tables.features.name: features_version, shadow_table.name: shadow_version},
+                    evaluated_on=day.isoformat()),
+    )
+    log.info("shadow on %s: champion v%s vs challenger v%s over %d labelled %ss: ROC-AUC %.4f vs %.4f",
+             scored_day, row["champion_version"], row["challenger_version"], row["rows"], uc.spec.entity.name,
+             row["champion_roc_auc"], row["challenger_roc_auc"])
+    return {k: v for k, v in row.items() if k != PARTITION_COLUMN}
