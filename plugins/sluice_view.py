@@ -8,6 +8,8 @@ An Airflow 3 plugin with two parts:
 
   - ``GET /sluice/``: the page (HTML rendered server-side, charts as inline SVG);
   - ``GET /sluice/api/overview``: the same data as JSON;
+  - ``GET /sluice/cards/{version}``: the model card of a version (its MLflow card with its
+    shadow results up to date), rendered from Markdown with raw HTML off;
   - ``GET /sluice/reports/{ds}/report.html`` (and ``report.json``): a day's drift report,
     read from the object store (file:// or s3://); a ``ds`` that is not a date is a 400,
     anything else is a 404: nothing else under the lake is ever served.
@@ -135,6 +137,19 @@ def create_app() -> Any:
                 "Cache-Control": "private, max-age=300",
             },
         )
+
+    @app.get("/cards/{version}", response_class=HTMLResponse)
+    def card(version: str, use_case: str | None = None) -> HTMLResponse:
+        from sluice.ui import view
+
+        try:
+            data = view.model_card(settings(use_case), version)
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        except view.CardNotFound as exc:
+            log.info("sluice view: no model card %r: %s", version, exc)
+            raise HTTPException(status_code=404, detail="No such model card") from exc
+        return HTMLResponse(view.render_card(data), headers=page_headers)
 
     @app.get("/icon.svg")
     def icon() -> Response:

@@ -313,3 +313,51 @@ def test_the_view_shows_the_shadow_comparison(shadowed: Settings) -> None:
     assert all(math.isfinite(d["challenger_roc_auc"]) for d in data["days"])
     json.dumps(data, allow_nan=False)  # what /api/overview serves
 
+
+
+# -- the model card ------------------------------------------------------------------------------
+HOSTILE = "<script>alert('card')</script>"
+
+
+def _register_with_card(settings: Settings, card: str) -> str:
+    """A version whose training run logged ``card`` (as retrain logs model_card.md)."""
+    import mlflow
+
+    registry = Registry(settings)
+    with mlflow.start_run(experiment_id=registry.experiment_id()) as run:
+        mlflow.log_text(card, "model_card.md")
+    client = registry.client
+    if not client.search_registered_models(f"name = '{settings.model}'"):
+        client.create_registered_model(settings.model)
+    return str(client.create_model_version(settings.model, source=f"runs:/{run.info.run_id}/model",
+                                           run_id=run.info.run_id).version)
+
+
+def test_the_model_card_carries_its_shadow_results_in_mlflow_and_in_the_view(shadowed: Settings) -> None:
+    from sluice.ui import view
+
+    v1 = _register_with_card(shadowed, "# Model card: v1\n\n## Intended use\nchampion\n")
+    v2 = _register_with_card(shadowed, f"# Model card: v2\n\n## Intended use\nretention {HOSTILE}\n")
+    v3 = _register(shadowed, 9)
+    _finish(shadowed, "2026-02-28", _candidate(v1, None))
+    _finish(shadowed, "2026-03-07", _candidate(v2, v1))
+    before = view.model_card(shadowed, v2)
+    assert "## Shadow results\nshadow: 0 of 3 matured live days of v2 so far" not in before["markdown"]
+    assert before["markdown"].endswith("## Shadow results\nNever scored in shadow (it was champion from its "
+                                       "decision, or is not yet).\n")
+    _seed_shadow_days(shadowed, v2, 0.02, dt.date(2026, 3, 8), 3)
+    _finish(shadowed, "2026-04-11", _candidate(v3, v1))  # judges v2 on its 3 days: promoted
+
+    in_mlflow = Registry(shadowed).model_card(v2)
+    assert in_mlflow is not None and in_mlflow.startswith("# Model card: v2")
+    assert "## Shadow results\nshadow: v2 better than the champion on 3 live days (3 won)" in in_mlflow
+    assert in_mlflow.count("## Shadow results") == 1 and "| 2026-03-10 | v1 | 500 |" in in_mlflow
+    card = view.model_card(shadowed, v2)
+    assert card["markdown"] == in_mlflow and card["shadow"]["verdict"] == "better"
+    assert card["aliases"] == ["challenger", "champion"]  # (a promoted model keeps the alias it was gated with)
+    page = view.render_card(card)
+    assert HOSTILE not in page and "&lt;script&gt;" in page and "<table>" in page
+    with pytest.raises(view.CardNotFound):
+        view.model_card(shadowed, v3)  # a version whose run logged no card
+    with pytest.raises(ValueError, match="not a model version"):
+        view.model_card(shadowed, "../etc")

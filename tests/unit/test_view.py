@@ -357,7 +357,7 @@ def _as(client, role: str | None):
 
 
 ROUTES = ["/", "/api/overview", "/reports/2026-02-16/report.html", "/reports/2026-02-16/report.json", "/icon.svg",
-          "/reports/yesterday/report.html"]
+          "/reports/yesterday/report.html", "/cards/1", "/cards/not-a-version"]
 
 
 @pytest.mark.parametrize("path", ROUTES)
@@ -387,6 +387,16 @@ def test_a_viewer_sees_the_page_and_the_data(client) -> None:
     data = viewer.get("/api/overview").json()
     assert [d["ds"] for d in data["drift"]["data"]["days"]] == ["2026-02-16", "2026-02-17"]
     assert viewer.get("/icon.svg").headers["content-type"] == "image/svg+xml"
+
+
+def test_a_model_card_that_does_not_exist_is_a_404_and_a_bad_version_a_400(client) -> None:
+    viewer = _as(client, "viewer")
+    missing = viewer.get("/cards/41")
+    assert missing.status_code == 404 and missing.json() == {"detail": "No such model card"}
+    assert viewer.get("/cards/4a").status_code == 400
+    assert viewer.get("/cards/..%2f..%2fetc").status_code in (400, 404)
+    page = viewer.get("/")
+    assert 'href="cards/2?use_case=churn"' in page.text  # each decision links its model card
 
 
 def test_a_viewer_switches_use_case_with_the_query(client) -> None:

@@ -109,3 +109,27 @@ def shadow_evidence(
         verdict=verdict,  # type: ignore[arg-type]
         first_day=mine[0]["ds"] if mine else None, last_day=mine[-1]["ds"] if mine else None,
     )
+
+
+CARD_SECTION = "## Shadow results"
+
+
+def card_section(evidence: ShadowEvidence | None, rows: Sequence[Mapping[str, Any]]) -> str:
+    """The model card's shadow section: the evidence and every paired live day of the version."""
+    if evidence is None:
+        return f"{CARD_SECTION}\nNever scored in shadow (it was champion from its decision, or is not yet).\n"
+    mine = sorted((r for r in rows if r["challenger_version"] == evidence.challenger_version), key=lambda r: r["ds"])
+    lines = [CARD_SECTION, f"{evidence.describe()}.", ""]
+    if mine:
+        lines += ["| scored day | champion | rows | ROC-AUC champion | ROC-AUC this model | log loss champion | "
+                  "log loss this model |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['ds']} | v{r['champion_version']} | {r['rows']:,} | {r['champion_roc_auc']:.4f} | "
+                  f"{r['challenger_roc_auc']:.4f} | {r['champion_log_loss']:.4f} | {r['challenger_log_loss']:.4f} |"
+                  for r in mine]
+    return "\n".join(lines) + "\n"
+
+
+def with_card_section(card: str, section: str) -> str:
+    """``card`` with its shadow section replaced by ``section`` (appended when it has none)."""
+    head = card.split(f"\n{CARD_SECTION}\n")[0].rstrip("\n")
+    return f"{head}\n\n{section}"

@@ -137,6 +137,29 @@ class Registry:
         self.set_alias(PREVIOUS, current.version)
         return current.version, previous.version
 
+    # -- model cards -----------------------------------------------------------------
+    CARD = "model_card.md"
+
+    def model_card(self, version: str) -> str | None:
+        """The model card the training run of ``version`` logged (None when it logged none)."""
+        from mlflow.exceptions import MlflowException
+
+        run_id = self.version(version).run_id
+        if not run_id:
+            return None
+        try:
+            return str(self.mlflow.artifacts.load_text(f"runs:/{run_id}/{self.CARD}"))
+        except (MlflowException, OSError) as exc:
+            log.info("v%s has no model card: %s", version, exc)
+            return None
+
+    def write_model_card(self, version: str, text: str) -> None:
+        """Replace the model card of ``version`` in its training run's artifacts."""
+        run_id = self.version(version).run_id
+        if not run_id:
+            raise RegistryError(f"v{version} has no training run to keep its model card")
+        self.client.log_text(run_id, text, self.CARD)
+
     # -- models ----------------------------------------------------------------------
     def load_booster(self, version: str) -> Any:
         import mlflow.lightgbm

@@ -568,6 +568,7 @@ def _judge_in_shadow(
     """Promote or retire the model in shadow on its live days; a judgment recorded as of ``ds`` stands."""
     for row in recorded_decisions(lake, ds, version):
         if row["shadow_state"] in ("promoted", "retired"):
+            _card_with_shadow(lake, registry, version, evidence, ds)  # (a try that died before it did)
             return row
     better = evidence.passes
     reason = evidence.describe()
@@ -594,7 +595,17 @@ def _judge_in_shadow(
         record_promotion(lake, effective_day(ds), version, previous, forced=False, reason=reason, ctx=ctx,
                          decision_ds=ds)
     log.info("v%s judged on its live days: %s", version, reason)
+    _card_with_shadow(lake, registry, version, evidence, ds)
     return row
+
+
+def _card_with_shadow(lake: Lake, registry: Registry, version: str, evidence: ShadowEvidence, ds: str) -> None:
+    """The model card in MLflow gains the live days it was judged on (the view shows the same card)."""
+    from sluice.core.shadow import card_section, with_card_section
+
+    card = registry.model_card(version)
+    if card is not None:
+        registry.write_model_card(version, with_card_section(card, card_section(evidence, shadow_rows(lake, ds))))
 
 
 def _outcome(

@@ -241,6 +241,55 @@ def shadow(settings: Settings, lake: Lake | None = None, today: dt.date | None =
     }
 
 
+class CardNotFound(LookupError):
+    """No such model version, or its training run logged no model card."""
+
+
+def model_card(settings: Settings, version: str, lake: Lake | None = None) -> dict[str, Any]:
+    """The model card of ``version`` as its training run logged it in MLflow, with its shadow
+    results brought up to date from ``monitoring/shadow_performance``; as Markdown and as HTML
+    (rendered with raw HTML off: a value in the card can never become markup)."""
+    from markdown_it import MarkdownIt
+    from mlflow.exceptions import MlflowException
+
+    from sluice.core import usecase
+    from sluice.core.shadow import card_section, shadow_evidence, with_card_section
+    from sluice.edges.registry import Registry
+    from sluice.tables import SHADOW_PERFORMANCE
+
+    if not re.fullmatch(r"[0-9]{1,9}", version):
+        raise ValueError(f"not a model version: {version!r}")
+    lake = lake or Lake(settings)
+    registry = Registry(settings)
+    try:
+        card = registry.model_card(version)
+    except MlflowException as exc:
+        raise CardNotFound(f"v{version} of {settings.model}: {exc}") from exc
+    if card is None:
+        raise CardNotFound(f"v{version} of {settings.model} has no model card")
+    rows = lake.read_table(SHADOW_PERFORMANCE).to_pylist() if lake.exists(SHADOW_PERFORMANCE) else []
+    spec = usecase.of(settings).spec.gate.shadow
+    evidence = None
+    if any(r["challenger_version"] == version for r in rows):
+        evidence = shadow_evidence(rows, version, min_days=spec.min_days, metric=spec.metric,
+                                   confidence=spec.confidence)
+    markdown = with_card_section(card, card_section(evidence, rows))
+    aliases = [alias for alias, v in registry_aliases(settings).items() if v == version]
+    return {"version": version, "model_name": settings.model, "use_case": settings.use_case_name,
+            "aliases": sorted(aliases), "markdown": markdown,
+            "html": MarkdownIt("js-default").render(markdown),
+            "shadow": None if evidence is None else _plain(evidence.to_dict())}
+
+
+def render_card(card: Mapping[str, Any]) -> str:
+    """The HTML page of a model card (the card's HTML is markdown-it's, from escaped text)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    return env.get_template("model_card.html").render(card=card)
+
+
 def freshness(settings: Settings, lake: Lake | None = None) -> list[dict[str, Any]]:
     """Every table of the lake: Delta version, latest partition and its rows, the last writer, and
     its files and bytes after the last lake_maintenance run (``lake/upkeep``; None before one)."""
