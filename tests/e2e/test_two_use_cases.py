@@ -185,7 +185,13 @@ def test_each_use_case_keeps_to_its_own_lake_prefix(loop, name: str) -> None:
     lake_dir = Path(urlparse(lake.root).path)
     assert lake.root == f"{settings[name].lake_uri}/{name}"
     assert {p.name for p in lake_dir.parent.iterdir() if p.is_dir()} >= set(PLANS), "one prefix per use case"
+    # Shadow scores exist once a scored day had a challenger (a retrained model that is not champion).
+    scored = lake.partitions(uc.tables.predictions)
+    shadowed = any(promotions.challenger_on(lake, dt.date.fromisoformat(d)) for d in scored)
     for table in uc.tables.all():
+        if table is uc.tables.shadow and not shadowed:
+            assert not (lake_dir / table.name).exists(), f"{name}: shadow scores without a challenger"
+            continue
         assert (lake_dir / table.name / "_delta_log").is_dir(), f"{name}: {table.name} is not under {lake_dir}"
     # Ingested by Airflow after the in-process history: every day once, no gap.
     days = _days(HISTORY_START, dt.date.fromisoformat(plan.etl_to))
