@@ -111,6 +111,12 @@ def shadow_evidence(
     )
 
 
+def evidence_under(spec: Any, rows: Sequence[Mapping[str, Any]], challenger_version: str) -> ShadowEvidence:
+    """:func:`shadow_evidence` with the thresholds of a use case's ``gate.shadow`` spec."""
+    return shadow_evidence(rows, challenger_version, min_days=spec.min_days, metric=spec.metric,
+                           confidence=spec.confidence)
+
+
 CARD_SECTION = "## Shadow results"
 
 

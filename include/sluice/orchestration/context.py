@@ -228,19 +228,18 @@ def runtime_settings(use_case: str | None = None) -> Settings:
     if use_case is not None:
         settings = settings.for_use_case(use_case)
     if settings.source == "postgres" and not settings.source_postgres_dsn:
-        from airflow.sdk import BaseHook
         from airflow.sdk.exceptions import AirflowNotFoundException
 
         from sluice.edges.sources import SourceError
 
         try:
-            BaseHook.get_connection(SOURCE_CONNECTION_ID)
+            dsn = postgres_dsn(SOURCE_CONNECTION_ID)
         except AirflowNotFoundException as exc:
             raise SourceError(
                 f"SLUICE_SOURCE=postgres needs SLUICE_SOURCE_POSTGRES_DSN or the connection {SOURCE_CONNECTION_ID} "
                 "(airflow_settings.yaml creates it from SLUICE_SOURCE_POSTGRES_URI)"
             ) from exc
-        settings = settings.model_copy(update={"source_postgres_dsn": postgres_dsn(SOURCE_CONNECTION_ID)})
+        settings = settings.model_copy(update={"source_postgres_dsn": dsn})
     return settings
 
 

@@ -119,20 +119,25 @@ def challenger_on(lake: Lake, day: dt.date) -> str | None:
     return None if current == champion_on(lake, day) else current
 
 
+def shadow_days(lake: Lake, as_of: str | None = None) -> list[dict[str, Any]]:
+    """The paired live days of ``monitoring/shadow_performance``, oldest first; with ``as_of``, only
+    those evaluated by then (a decision of an old week sees only its past)."""
+    from sluice.tables import SHADOW_PERFORMANCE
+
+    if not lake.exists(SHADOW_PERFORMANCE):
+        return []
+    rows = sorted(lake.read_table(SHADOW_PERFORMANCE).to_pylist(), key=lambda r: r[PARTITION_COLUMN])
+    return rows if as_of is None else [r for r in rows if r["evaluated_on"] <= as_of]
+
+
 def shadow_status(lake: Lake, spec: Any, today: dt.date) -> tuple[str | None, Any, list[dict[str, Any]]]:
     """The model in shadow now (else the one of the newest paired day), its evidence under the use
     case's ``gate.shadow`` spec, and every paired live day, oldest first."""
-    from sluice.core.shadow import shadow_evidence
-    from sluice.tables import SHADOW_PERFORMANCE
+    from sluice.core.shadow import evidence_under
 
-    rows = (sorted(lake.read_table(SHADOW_PERFORMANCE).to_pylist(), key=lambda r: r[PARTITION_COLUMN])
-            if lake.exists(SHADOW_PERFORMANCE) else [])
+    rows = shadow_days(lake)
     challenger = challenger_on(lake, today) or (rows[-1]["challenger_version"] if rows else None)
-    evidence = None
-    if challenger is not None:
-        evidence = shadow_evidence(rows, challenger, min_days=spec.min_days, metric=spec.metric,
-                                   confidence=spec.confidence)
-    return challenger, evidence, rows
+    return challenger, None if challenger is None else evidence_under(spec, rows, challenger), rows
 
 
 def promote_by_hand(settings: Settings, version: str, reason: str, today: dt.date) -> tuple[str | None, str]:

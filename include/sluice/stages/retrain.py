@@ -19,14 +19,14 @@ from sluice.core import train as T
 from sluice.core import usecase
 from sluice.core.gate import Decision, GatePolicy, decide, forced, metrics
 from sluice.core.lineage import RunContext, detected_code_version
-from sluice.core.shadow import ShadowEvidence, shadow_evidence
+from sluice.core.shadow import ShadowEvidence, evidence_under
 from sluice.core.usecase import UseCase
 from sluice.edges.lake import Lake
 from sluice.edges.registry import CHALLENGER, CHAMPION, Registry
 from sluice.settings import Settings
-from sluice.stages.promotions import challenger_on, effective_day, record_promotion, verdict
+from sluice.stages.promotions import challenger_on, effective_day, record_promotion, shadow_days, verdict
 from sluice.stages.promotions import history as promotion_history
-from sluice.tables import MODEL_DECISIONS, PARTITION_COLUMN, SHADOW_PERFORMANCE
+from sluice.tables import MODEL_DECISIONS, PARTITION_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -512,13 +512,6 @@ class ShadowStep:
                 {k: self.judged[k] for k in ("model_version", "promoted", "shadow_state", "reason")}}
 
 
-def shadow_rows(lake: Lake, as_of: str) -> list[dict[str, Any]]:
-    """The paired live days evaluated by ``as_of`` (a backfill of an old week sees only its past)."""
-    if not lake.exists(SHADOW_PERFORMANCE):
-        return []
-    return [r for r in lake.read_table(SHADOW_PERFORMANCE).to_pylist() if r["evaluated_on"] <= as_of]
-
-
 def _shadow_step(
     settings: Settings, lake: Lake, registry: Registry, ds: str, candidate: Candidate, ctx: RunContext, *,
     dry_run: bool,
@@ -535,10 +528,7 @@ def _shadow_step(
     uc = usecase.of(settings)
     spec = uc.spec.gate.shadow
     pending = challenger_on(lake, dt.date.fromisoformat(ds))
-    evidence = None
-    if pending is not None:
-        evidence = shadow_evidence(shadow_rows(lake, ds), pending, min_days=spec.min_days, metric=spec.metric,
-                                   confidence=spec.confidence)
+    evidence = None if pending is None else evidence_under(spec, shadow_days(lake, ds), pending)
     decision = candidate.decision
     if not spec.required or decision.get("champion") is None or decision.get("forced"):
         return ShadowStep(evidence=evidence)
@@ -605,7 +595,7 @@ def _card_with_shadow(lake: Lake, registry: Registry, version: str, evidence: Sh
 
     card = registry.model_card(version)
     if card is not None:
-        registry.write_model_card(version, with_card_section(card, card_section(evidence, shadow_rows(lake, ds))))
+        registry.write_model_card(version, with_card_section(card, card_section(evidence, shadow_days(lake, ds))))
 
 
 def _outcome(

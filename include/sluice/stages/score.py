@@ -159,7 +159,7 @@ def score_day(
         summary["shadow"] = {"model_version": challenger, "rows": len(shadow), "version": shadow_version,
                              "mean_score": round(float(shadow.mean()), 4)}
         log.info("shadow-scored %s on %s with the challenger v%s (not published)", ds, uc.name, challenger)
-    elif lake.exists(SHADOW) and lake.has_partition(SHADOW, ds):
+    elif lake.has_partition(SHADOW, ds):
         # A re-run of D that has no challenger any more (say a backfill after the decisions
         # changed): no stale shadow scores of D stay behind.
         lake.write_partition(SHADOW, ds, SHADOW.schema.empty_table(),

@@ -253,26 +253,22 @@ def model_card(settings: Settings, version: str, lake: Lake | None = None) -> di
     from mlflow.exceptions import MlflowException
 
     from sluice.core import usecase
-    from sluice.core.shadow import card_section, shadow_evidence, with_card_section
-    from sluice.edges.registry import Registry
-    from sluice.tables import SHADOW_PERFORMANCE
+    from sluice.core.shadow import card_section, evidence_under, with_card_section
+    from sluice.stages.promotions import shadow_days
 
     if not re.fullmatch(r"[0-9]{1,9}", version):
         raise ValueError(f"not a model version: {version!r}")
     lake = lake or Lake(settings)
-    registry = Registry(settings)
     try:
-        card = registry.model_card(version)
+        card = _registry(settings).model_card(version)
     except MlflowException as exc:
         raise CardNotFound(f"v{version} of {settings.model}: {exc}") from exc
     if card is None:
         raise CardNotFound(f"v{version} of {settings.model} has no model card")
-    rows = lake.read_table(SHADOW_PERFORMANCE).to_pylist() if lake.exists(SHADOW_PERFORMANCE) else []
-    spec = usecase.of(settings).spec.gate.shadow
+    rows = shadow_days(lake)
     evidence = None
     if any(r["challenger_version"] == version for r in rows):
-        evidence = shadow_evidence(rows, version, min_days=spec.min_days, metric=spec.metric,
-                                   confidence=spec.confidence)
+        evidence = evidence_under(usecase.of(settings).spec.gate.shadow, rows, version)
     markdown = with_card_section(card, card_section(evidence, rows))
     aliases = [alias for alias, v in registry_aliases(settings).items() if v == version]
     return {"version": version, "model_name": settings.model, "use_case": settings.use_case_name,
