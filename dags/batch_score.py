@@ -82,7 +82,8 @@ def batch_score(ref: str, name: str) -> None:
             context = get_current_context()
             return retraining_settled(context["ti"], partition_day(context), dag_id(name, "weekly_retrain"))
 
-        @task(inlets=[Asset(asset_name(name, "features"))], outlets=[Asset(asset_name(name, "predictions"))])
+        @task(inlets=[Asset(asset_name(name, "features"))],
+              outlets=[Asset(asset_name(name, "predictions")), Asset(asset_name(name, "shadow"))])
         @bad_input_fails_fast
         def score_entities() -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
@@ -100,7 +101,7 @@ def batch_score(ref: str, name: str) -> None:
                 )
             except NoChampion as exc:
                 raise AirflowSkipException(f"nothing to score with: {exc}") from exc
-            emit_assets(context, name, summary, "predictions")
+            emit_assets(context, name, summary, "predictions", "shadow")
             return summary
 
         @task

@@ -26,6 +26,11 @@ is demonstrably better.
 * **Manual run params:** `partition_day` (as-of day), `dry_run` (decide, do not
   promote), `force_promote` with a required `reason` (recorded in the decision).
 * **Backfill:** `airflow backfill create --dag-id <use case>__weekly_retrain --from-date 2026-05-04 --to-date 2026-05-25`
+* **Approval** (`gate.approval.required` of the use case): a model the gate (or a forced run)
+  would promote is recorded as *awaiting approval*; `approve_promotion` (Airflow's
+  ApprovalOperator) shows the decision and the model card on the **Required Actions** page and
+  waits up to `gate.approval.timeout_hours` (default 72); `settle_approval` records the answer
+  (who, when, the comment) and promotes only on **Approve**. Reject or no answer keeps the champion.
 * **Roll back:** `sluice model rollback --use-case NAME --reason "..."`.
 
 One DAG per use case of `SLUICE_USE_CASES` (`<use case>__weekly_retrain`).
@@ -39,6 +44,7 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from sluice.orchestration.context import (
     START_DATE,
+    approval_spec,
     asset_name,
     bad_input_fails_fast,
     dag_id,
@@ -119,8 +125,33 @@ def weekly_retrain(ref: str, name: str) -> None:
             except NotEnoughData as exc:
                 raise AirflowSkipException(f"no retraining this week: {exc}") from exc
 
-        wait_for_features() >> retrain_and_gate()
+        decided = retrain_and_gate()
+        wait_for_features() >> decided
+        if approval.required:
+            from sluice.orchestration.approval import APPROVE_TASK, SETTLE_TASK, PromotionApproval
 
+            ask = PromotionApproval(
+                task_id=APPROVE_TASK, use_case=name, outcome_task_id="retrain_and_gate",
+                timeout_hours=approval.timeout_hours, approvers=approval.approvers,
+                doc_md="Approve or reject the promotion (Airflow UI: Required Actions; or the REST API).",
+            )
+
+            @task(task_id=SETTLE_TASK, outlets=[Asset(asset_name(name, MODEL_DECISIONS.name))])
+            @bad_input_fails_fast
+            def settle_approval() -> dict:
+                from sluice.core.approval import ApprovalResponse
+                from sluice.orchestration.context import run_context, runtime_settings
+                from sluice.stages.approval import settle
+
+                context = get_current_context()
+                ti = context["ti"]
+                pending = (ti.xcom_pull(task_ids="retrain_and_gate") or {})["awaiting_approval"]
+                response = ApprovalResponse.from_hitl(ti.xcom_pull(task_ids=APPROVE_TASK))
+                return settle(runtime_settings(ref), pending, response, run_context(context))
+
+            decided >> ask >> settle_approval()
+
+    approval = approval_spec(ref)
     pipeline()
 
 

@@ -8,7 +8,13 @@ the DB their subprocesses migrate then differ.)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import json
+import shutil
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -37,3 +43,57 @@ def webhook_server(path: str = "/hooks/sluice") -> Iterator[tuple[str, list[tupl
     finally:
         server.shutdown()
         server.server_close()
+
+
+def use_case_with_approval(root: Path, timeout_hours: float = 2) -> Path:
+    """A copy of churn whose promotions need a person's approval (the folder's name is the use case's)."""
+    from sluice.core.usecase import load_use_case
+
+    folder = root / "approving" / "churn"
+    shutil.copytree(load_use_case("churn").folder, folder)
+    spec = folder / "usecase.yaml"
+    text = spec.read_text()
+    assert "  slice_min_rows: 300\n" in text
+    spec.write_text(text.replace(
+        "  slice_min_rows: 300\n", f"  slice_min_rows: 300\n  approval: {{required: true, timeout_hours: {timeout_hours}}}\n"))
+    return folder
+
+
+class AirflowApi:
+    """Airflow's REST API as one logged-in user (a JWT from /auth/token)."""
+
+    def __init__(self, base_url: str, user: str, password: str) -> None:
+        self.base_url = base_url
+        token = self._call("POST", "/auth/token", {"username": user, "password": password}, token=None)
+        self.token = token["access_token"]
+
+    def _call(self, method: str, path: str, body: Any = None, *, token: str | None) -> Any:
+        request = urllib.request.Request(
+            f"{self.base_url}{path}", method=method, data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+
+    def get(self, path: str) -> Any:
+        return self._call("GET", f"/api/v2{path}", token=self.token)
+
+    def patch(self, path: str, body: Any) -> Any:
+        return self._call("PATCH", f"/api/v2{path}", body, token=self.token)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._call("POST", f"/api/v2{path}", body, token=self.token)
+
+
+def wait_for(what: str, probe: Callable[[], Any], airflow: Any, timeout: float = 900, poll: float = 5) -> Any:
+    """``probe()`` until it returns something true, while the embedded ``airflow`` stays alive."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        airflow.check_alive()
+        last = probe()
+        if last:
+            return last
+        time.sleep(poll)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r}); retried tries:\n"
+                         + "\n".join(airflow.retried_tries()))

@@ -74,6 +74,10 @@ MODEL_DECISIONS = Table(
         # Null: every decided model is shadowed, and the offline gate alone decides.
         ("shadow_state", "string"),
         ("shadow_json", "string"),  # the shadow evidence of the challenger in shadow when this was decided
+        # With gate.approval.required: awaiting (the gate would promote; a person decides), then a row of
+        # its own for the answer: approved, rejected, timed out. Null: no approval asked.
+        ("approval_state", "string"),
+        ("approved_by", "string"),  # who answered (an Airflow user); null for a timeout
     ),
     "Gate decisions as of day ds, one row per model version (appended, never rewritten): every check, "
     "its numbers, the reason.",
@@ -89,6 +93,7 @@ MODEL_PROMOTIONS = Table(
         ("decision_ds", "string"),
         ("run_id", "string"),
         ("recorded_at", "timestamp_utc"),
+        ("approved_by", "string"),  # the Airflow user who approved it (gate.approval.required), else null
     ),
     "History of the champion (appended, never rewritten): from day ds on, model_version scores "
     "(the last row recorded by a day wins).",

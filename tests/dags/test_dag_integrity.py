@@ -364,3 +364,31 @@ def test_the_daily_dags_have_a_deadline_alert_and_the_others_none(dagbag) -> Non
             assert alerts[0].callback.kwargs["stage"] == stage
         else:
             assert alerts == [], dag.dag_id
+
+
+def test_a_use_case_that_requires_approval_asks_a_person_before_it_promotes(migrated_db: None, tmp_path: Path) -> None:
+    """gate.approval.required adds Airflow's ApprovalOperator and the task that records its answer."""
+    import shutil
+
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from sluice.core.usecase import load_use_case
+
+    folder = tmp_path / "approved" / "churn"
+    shutil.copytree(load_use_case("churn").folder, folder)
+    spec = folder / "usecase.yaml"
+    spec.write_text(spec.read_text().replace(
+        "  slice_min_rows: 300\n", "  slice_min_rows: 300\n  approval: {required: true, timeout_hours: 36, approvers: [risk]}\n"))
+    bag = _parse(str(folder))
+    assert bag.import_errors == {} and bag.parse_queries == []
+    dag = bag.dags[dag_id("churn", "weekly_retrain")]
+    ask = dag.get_task("approve_promotion")
+    assert isinstance(ask, ApprovalOperator)
+    assert ask.upstream_task_ids == {"retrain_and_gate"} and ask.downstream_task_ids == {"settle_approval"}
+    assert ask.response_timeout == dt.timedelta(hours=36) and ask.defaults == ["Reject"]  # no answer: the champion stays
+    assert ask.assigned_users == [{"id": "risk", "name": "risk"}] and "comment" in ask.params
+    assert dag.get_task("settle_approval").trigger_rule == "all_success"
+    assert ask.retries >= 2 and ask.execution_timeout is not None
+    # Without the requirement the retraining has no approval step (the default use cases).
+    plain = _parse("churn").dags[dag_id("churn", "weekly_retrain")]
+    assert set(plain.task_ids) == {"wait_for_features", "retrain_and_gate"}

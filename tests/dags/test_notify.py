@@ -119,3 +119,8 @@ def test_asset_events_carry_the_version_day_and_rows_a_stage_wrote() -> None:
         "ds": "2026-03-01", "delta_version": 4, "rows": 120}
     scored = {"ds": "2026-03-01", "rows": 90, "predictions_version": 3, "model_version": "2", "feature_table_version": 9}
     assert asset_extra("predictions", scored)["model_version"] == "2"
+    # The challenger's scores of the day, beside the champion's; a day with no challenger wrote none.
+    shadowed = scored | {"shadow": {"model_version": "3", "rows": 90, "version": 5, "mean_score": 0.2}}
+    assert asset_extra("shadow", shadowed) == {"ds": "2026-03-01", "delta_version": 5, "rows": 90, "model_version": "3",
+                                               "champion_version": "2", "feature_table_version": 9}
+    assert asset_extra("shadow", scored | {"shadow": None})["rows"] == 0

@@ -173,7 +173,7 @@ def test_decisions_newest_first_with_every_check_its_numbers_and_reasons(recorde
     slices = dict(latest["checks"][2]["numbers"])
     assert "examined[plan=basic].rows" in slices and slices["examined[plan=basic].rows"] == "300"
     assert all(c["reason"] for c in latest["checks"])
-    assert latest["anchor"] == "decision-2026-02-15-scheduled__2026-02-16T00-00-00-00-00"
+    assert latest["anchor"] == f"decision-2026-02-15-scheduled__2026-02-16T00-00-00-00-00-v{latest['model_version']}"
     json.dumps(decisions)
 
 
@@ -220,7 +220,7 @@ def test_the_page_escapes_every_value(recorded) -> None:
     assert page.count('class="report-link"') == 2
     assert '<a href="reports/2026-02-16/report.html?use_case=churn" class="point-link">' in page
     assert 'id="drift-chart"' in page and 'id="performance-chart"' in page
-    assert 'id="decision-2026-02-08-scheduled__2026-02-09T00-00-00-00-00"' in page
+    assert 'id="decision-2026-02-08-scheduled__2026-02-09T00-00-00-00-00-v1"' in page
 
 
 # -- charts and formatting ---------------------------------------------------------------------------

@@ -136,6 +136,13 @@ def card_section(evidence: ShadowEvidence | None, rows: Sequence[Mapping[str, An
 
 
 def with_card_section(card: str, section: str) -> str:
-    """``card`` with its shadow section replaced by ``section`` (appended when it has none)."""
-    head = card.split(f"\n{CARD_SECTION}\n")[0].rstrip("\n")
-    return f"{head}\n\n{section}"
+    """``card`` with its section of ``section``'s heading (its first line) replaced by ``section``,
+    appended when it has none; the other sections stay where they are."""
+    heading = section.split("\n", 1)[0].strip()
+    parts = card.rstrip("\n").split("\n## ")
+    head, rest = parts[0], [f"## {p}" for p in parts[1:]]
+    body = section.rstrip("\n")
+    replaced = [body if p.split("\n", 1)[0].strip() == heading else p for p in rest]
+    if body not in replaced:
+        replaced.append(body)
+    return "\n\n".join([head.rstrip("\n"), *(p.rstrip("\n") for p in replaced)]) + "\n"

@@ -272,6 +272,22 @@ class ShadowSpec(_Spec):
     confidence: float = Field(default=0.95, gt=0, lt=1, description="Of the paired t-interval over the days.")
 
 
+class ApprovalSpec(_Spec):
+    """A person's approval every promotion by weekly_retrain can require (Airflow's Human-in-the-loop)."""
+
+    required: bool = Field(
+        default=False,
+        description="A model the gate (or a forced run) would promote waits in the retraining's approve_promotion "
+        "task until a person approves it (Airflow UI: Required Actions, or the REST API); a rejection or no "
+        "answer within timeout_hours keeps the champion.",
+    )
+    timeout_hours: float = Field(default=72, gt=0, description="No answer by then counts as a rejection.")
+    approvers: tuple[str, ...] = Field(
+        default=(),
+        description="Airflow user ids that may answer (empty: anyone allowed to act on the DAG).",
+    )
+
+
 class GateSpec(_Spec):
     primary_metric: Literal["roc_auc", "pr_auc"] = "roc_auc"
     floors: dict[Floor, float] = Field(default_factory=_default_floors)
@@ -287,6 +303,7 @@ class GateSpec(_Spec):
         default=0.5, gt=0, description="The challenger's calibration error may not exceed this share of the base rate."
     )
     shadow: ShadowSpec = Field(default_factory=ShadowSpec)
+    approval: ApprovalSpec = Field(default_factory=ApprovalSpec)
 
 
 class RiskBand(_Spec):

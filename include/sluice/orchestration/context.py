@@ -58,6 +58,14 @@ def deployed_use_cases() -> list[tuple[str, str]]:
     return [(ref, use_case_name(ref)) for ref in Settings().use_cases]
 
 
+def approval_spec(use_case: str) -> Any:
+    """The use case's ``gate.approval`` (an :class:`sluice.core.usecase.ApprovalSpec`), at parse time:
+    it decides whether weekly_retrain has its approval step. Reads the spec file only."""
+    from sluice.core.usecase import load_use_case
+
+    return load_use_case(use_case).spec.gate.approval
+
+
 def task_timeout(*, training: bool = False) -> dt.timedelta:
     """The ``execution_timeout`` of a task: ``SLUICE_TIMEOUT_TASK_MINUTES`` (training: times
     :data:`TRAINING_TIMEOUT_FACTOR`). Read at parse time, from the environment only."""
@@ -357,6 +365,11 @@ _ASSET_FIELDS = {
 
 def asset_extra(kind: str, summary: Mapping[str, Any]) -> dict[str, Any]:
     """Pure: the ``extra`` of the asset event of ``kind`` for a stage's summary: table version, day, rows."""
+    if kind == "shadow":  # the challenger's scores of the day (none written: no challenger on that day)
+        shadow = summary.get("shadow") or {}
+        return {"ds": summary.get("ds"), "delta_version": shadow.get("version"), "rows": shadow.get("rows", 0),
+                "model_version": shadow.get("model_version"), "champion_version": summary.get("model_version"),
+                "feature_table_version": summary.get("feature_table_version")}
     version_key, rows_key = _ASSET_FIELDS[kind]
     extra: dict[str, Any] = {"ds": summary.get("ds"), "delta_version": summary.get(version_key),
                              "rows": summary.get(rows_key)}

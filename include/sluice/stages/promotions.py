@@ -44,6 +44,7 @@ def record_promotion(
     reason: str,
     ctx: RunContext,
     decision_ds: str | None = None,
+    approved_by: str | None = None,
 ) -> int | None:
     """Append a promotion to the history of day ``ds`` (a re-run of the same run adds nothing)."""
     row = {
@@ -54,6 +55,7 @@ def record_promotion(
         "decision_ds": decision_ds,
         "run_id": ctx.run_id,
         "recorded_at": dt.datetime.now(dt.UTC),  # an audit time, not business logic
+        "approved_by": approved_by,
         PARTITION_COLUMN: ds,
     }
     return lake.append_rows(MODEL_PROMOTIONS, ds, [row], ("run_id", "model_version"), ctx.lineage(ds, {}))
@@ -61,6 +63,16 @@ def record_promotion(
 
 def verdict(decision: Mapping[str, Any]) -> str:
     """A row of ``models/decisions`` in words: what the gate decided and what was done."""
+    approval = decision.get("approval_state")
+    if approval == "awaiting":
+        return "awaiting approval"
+    if approval == "approved":
+        return f"promoted (approved by {decision.get('approved_by')})" if decision["promoted"] else \
+            f"approved by {decision.get('approved_by')}, not promoted"
+    if approval == "rejected":
+        return f"not promoted (rejected by {decision.get('approved_by')})"
+    if approval == "timed out":
+        return "not promoted (no approval in time)"
     if decision["dry_run"]:
         return "dry run: would promote" if decision["promote"] else "dry run: would not promote"
     if decision["promoted"]:
@@ -113,7 +125,7 @@ def challenger_on(lake: Lake, day: dt.date) -> str | None:
             continue  # a dry run of a gate that requires shadow evidence changes nothing
         if state in (None, "challenger"):  # (None: the offline gate alone decides; every model is shadowed)
             current = row["model_version"]
-        elif state in ("promoted", "retired") and current == row["model_version"]:
+        elif state in ("promoted", "retired", "passed") and current == row["model_version"]:
             current = None
         # waiting, rejected: the model in shadow stays
     return None if current == champion_on(lake, day) else current

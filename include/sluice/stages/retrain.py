@@ -17,6 +17,7 @@ import pandas as pd
 
 from sluice.core import train as T
 from sluice.core import usecase
+from sluice.core.approval import ANSWERS, AWAITING
 from sluice.core.gate import Decision, GatePolicy, decide, forced, metrics
 from sluice.core.lineage import RunContext, detected_code_version
 from sluice.core.shadow import ShadowEvidence, evidence_under
@@ -27,6 +28,9 @@ from sluice.settings import Settings
 from sluice.stages.promotions import challenger_on, effective_day, record_promotion, shadow_days, verdict
 from sluice.stages.promotions import history as promotion_history
 from sluice.tables import MODEL_DECISIONS, PARTITION_COLUMN
+
+# A decision row is recorded once per model, run and approval state (asked, then answered).
+DECISION_KEY = ("model_version", "run_id", "approval_state")
 
 log = logging.getLogger(__name__)
 
@@ -401,6 +405,25 @@ def recorded_decisions(lake: Lake, ds: str, version: str) -> list[dict[str, Any]
     return sorted(rows, key=lambda r: r["recorded_at"])
 
 
+def awaiting_approval(lake: Lake, ds: str, run_id: str) -> dict[str, Any] | None:
+    """What run ``run_id`` asked a person to approve as of ``ds`` and nobody has answered yet, if anything.
+
+    At most one model per run: the candidate the gate would promote, or (with shadow evidence
+    required) the challenger that passed on its live days.
+    """
+    if not lake.has_partition(MODEL_DECISIONS, ds):
+        return None
+    rows = [r for r in lake.read_partition(MODEL_DECISIONS, ds).to_pylist() if r["run_id"] == run_id]
+    answered = {r["model_version"] for r in rows if r["approval_state"] in ANSWERS}
+    asked = sorted((r for r in rows if r["approval_state"] == AWAITING and r["model_version"] not in answered),
+                   key=lambda r: r["recorded_at"])
+    if not asked:
+        return None
+    row = asked[-1]
+    return {"model_version": row["model_version"], "champion_version": row["champion_version"], "ds": ds,
+            "run_id": run_id, "forced": bool(row["forced"]), "reason": row["reason"]}
+
+
 def superseded_by(lake: Lake, ds: str) -> dict[str, Any] | None:
     """A promotion that took effect after the day a decision as of ``ds`` would, if any.
 
@@ -436,7 +459,8 @@ def _finish(
         log.info("v%s as of %s was decided by %s: %s; nothing to do", version, ds, recorded["run_id"],
                  verdict(recorded))
         return _outcome(ds, candidate, recorded["champion_version"], bool(recorded["promoted"]),
-                        bool(recorded["dry_run"]), bool(recorded["forced"]), recorded["reason"], already=True)
+                        bool(recorded["dry_run"]), bool(recorded["forced"]), recorded["reason"], already=True,
+                        ) | {"awaiting_approval": awaiting_approval(lake, ds, ctx.run_id)}
     champion_before = decision.get("champion")
     reason = decision.get("forced_reason") or "; ".join(decision.get("reasons") or [])
     shadow = _shadow_step(settings, lake, registry, ds, candidate, ctx, dry_run=dry_run)
@@ -450,6 +474,12 @@ def _finish(
         promoted = False
         reason = (f"superseded: v{later['model_version']} is champion from {later[PARTITION_COLUMN]}, after the day "
                   f"this decision would take effect ({effective_day(ds)}); the alias stays. Gate: {reason}")
+    awaiting = promoted and usecase.of(settings).spec.gate.approval.required
+    if awaiting:
+        # A person decides (the approve_promotion task); until then the champion stays.
+        promoted = False
+        note = "awaiting approval (approve_promotion): the champion stays until a person approves"
+        reason = f"{reason}; {note}" if reason else note
     if shadow.state in (None, "challenger"):
         registry.set_alias(CHALLENGER, version)
     previous = None
@@ -480,10 +510,12 @@ def _finish(
                 "training_data": candidate.training_data,
                 "shadow_state": shadow.state,
                 "shadow_json": None if shadow.evidence is None else json.dumps(shadow.evidence.to_dict()),
+                "approval_state": AWAITING if awaiting else None,
+                "approved_by": None,
                 PARTITION_COLUMN: ds,
             }
         ],
-        ("model_version", "run_id"),
+        DECISION_KEY,
         lineage,
     )
     if promoted:
@@ -494,7 +526,7 @@ def _finish(
             decision_ds=ds,
         )
     return _outcome(ds, candidate, champion_before, promoted, dry_run, bool(decision.get("forced")), reason,
-                    already=False) | shadow.outcome()
+                    already=False) | shadow.outcome() | {"awaiting_approval": awaiting_approval(lake, ds, ctx.run_id)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -535,9 +567,11 @@ def _shadow_step(
     judged = None
     if pending is not None and evidence is not None and evidence.verdict != "too few days":
         judged = _judge_in_shadow(lake, registry, ds, pending, evidence, decision.get("champion"), candidate, ctx,
-                                  dry_run=dry_run)
+                                  dry_run=dry_run, approval_required=uc.spec.gate.approval.required)
     if judged is not None and judged["shadow_state"] == "promoted":
         state, note = "waiting", f"not shadowed: v{pending} was promoted on its live days"
+    elif judged is not None and judged["shadow_state"] == "passed":
+        state, note = "waiting", f"not shadowed: v{pending} passed on its live days and awaits approval"
     elif pending is not None and (judged is None or judged["shadow_state"] == "challenger"):
         assert evidence is not None
         state, note = "waiting", (f"not shadowed: v{pending} is in shadow ({evidence.days} of {spec.min_days} "
@@ -553,11 +587,12 @@ def _shadow_step(
 
 def _judge_in_shadow(
     lake: Lake, registry: Registry, ds: str, version: str, evidence: ShadowEvidence, champion: str | None,
-    candidate: Candidate, ctx: RunContext, *, dry_run: bool,
+    candidate: Candidate, ctx: RunContext, *, dry_run: bool, approval_required: bool = False,
 ) -> dict[str, Any]:
-    """Promote or retire the model in shadow on its live days; a judgment recorded as of ``ds`` stands."""
+    """Promote or retire the model in shadow on its live days (with ``approval_required``: ask a person
+    to approve it, shadow_state ``passed``); a judgment recorded as of ``ds`` stands."""
     for row in recorded_decisions(lake, ds, version):
-        if row["shadow_state"] in ("promoted", "retired"):
+        if row["shadow_state"] in ("promoted", "retired", "passed"):
             _card_with_shadow(lake, registry, version, evidence, ds)  # (a try that died before it did)
             return row
     better = evidence.passes
@@ -567,6 +602,10 @@ def _judge_in_shadow(
     if later is not None:
         promoted = False
         reason = f"superseded: v{later['model_version']} is champion from {later[PARTITION_COLUMN]}. {reason}"
+    awaiting = promoted and approval_required
+    if awaiting:  # passed on its live days; a person decides whether it becomes champion
+        promoted = False
+        reason = f"{reason}; awaiting approval (approve_promotion)"
     previous = None
     if promoted:
         moved_from = registry.promote(version)
@@ -576,11 +615,11 @@ def _judge_in_shadow(
         "dry_run": dry_run, "forced": False, "reason": reason, "feature_table_version": candidate.feature_table_version,
         "decision_json": json.dumps({"shadow": evidence.to_dict()}, indent=2, sort_keys=True), "run_id": ctx.run_id,
         "recorded_at": dt.datetime.now(dt.UTC), "training_data": None,
-        "shadow_state": "promoted" if promoted else "retired" if not better else "challenger",
-        "shadow_json": json.dumps(evidence.to_dict()), PARTITION_COLUMN: ds,
+        "shadow_state": "passed" if awaiting else "promoted" if promoted else "retired" if not better else "challenger",
+        "shadow_json": json.dumps(evidence.to_dict()),
+        "approval_state": AWAITING if awaiting else None, "approved_by": None, PARTITION_COLUMN: ds,
     }
-    lake.append_rows(MODEL_DECISIONS, ds, [row], ("model_version", "run_id"),
-                     ctx.lineage(ds, {}, model_version=version))
+    lake.append_rows(MODEL_DECISIONS, ds, [row], DECISION_KEY, ctx.lineage(ds, {}, model_version=version))
     if promoted:
         record_promotion(lake, effective_day(ds), version, previous, forced=False, reason=reason, ctx=ctx,
                          decision_ds=ds)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlencode, urlparse
+from urllib.parse import quote, unquote, urlencode, urlparse
 
 from sluice.edges.lake import Lake, check_day
 from sluice.settings import Settings, use_case_name
@@ -62,9 +62,15 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def anchor(*parts: str) -> str:
+def anchor(*parts: str | None) -> str:
     """An HTML id made of safe characters only (run ids carry ':' and '+')."""
     return "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", str(p)) for p in parts if p)
+
+
+def decision_anchor(ds: str, run_id: str, version: str, approval_state: str | None = None) -> str:
+    """The id of one decision row: a run may record two models (one judged in shadow) and, with an
+    approval, the question and its answer."""
+    return anchor("decision", ds, run_id, f"v{version}", approval_state)
 
 
 def format_number(value: Any) -> str:
@@ -151,7 +157,8 @@ def champion(
     for row in reversed(promotions.history(lake or Lake(settings))):
         row = _plain(row)
         row["since"] = row.pop(PARTITION_COLUMN)
-        row["decision_anchor"] = anchor("decision", row["decision_ds"], row["run_id"]) if row["decision_ds"] else None
+        row["decision_anchor"] = decision_anchor(row["decision_ds"], row["run_id"], row["model_version"],
+                                                 "approved" if row.get("approved_by") else None) if row["decision_ds"] else None
         history.append(row)
     return {
         "model_name": settings.model,
@@ -170,14 +177,30 @@ def decisions(settings: Settings, lake: Lake | None = None) -> list[dict[str, An
     lake = lake or Lake(settings)
     if not lake.exists(MODEL_DECISIONS):
         return []
+    from sluice.core import usecase
+    from sluice.core.approval import ANSWERS, AWAITING
+    from sluice.core.names import dag_id
+
     rows = sorted(lake.read_table(MODEL_DECISIONS).to_pylist(), key=lambda r: (r[PARTITION_COLUMN], r["recorded_at"]))
+    answered = {(r["model_version"], r["run_id"]) for r in rows if r.get("approval_state") in ANSWERS}
+    uc = usecase.of(settings)
+    retrain_dag = dag_id(uc.name, "weekly_retrain")
     out = []
     for row in reversed(rows):
         record = json.loads(row["decision_json"] or "{}")
         item = _plain({k: v for k, v in row.items() if k not in ("decision_json", "shadow_json")})
         item["shadow"] = json.loads(row.get("shadow_json") or "null")
         item["verdict"] = promotions.verdict(row)
-        item["anchor"] = anchor("decision", row[PARTITION_COLUMN], row["run_id"])
+        item["feature_table"] = uc.tables.features.name
+        item["approval_link"] = None
+        if row.get("approval_state") == AWAITING:
+            if (row["model_version"], row["run_id"]) in answered:
+                item["verdict"] = "asked for approval (answered)"
+            else:  # Airflow's Required Actions page of the retraining's approval step
+                item["approval_link"] = (f"/dags/{quote(retrain_dag)}/runs/{quote(row['run_id'])}"
+                                         "/tasks/approve_promotion/required_actions")
+        item["anchor"] = decision_anchor(row[PARTITION_COLUMN], row["run_id"], row["model_version"],
+                                         row.get("approval_state"))
         item["forced_reason"] = record.get("forced_reason")
         item["reasons"] = list(record.get("reasons") or [])
         item["checks"] = [
