@@ -276,3 +276,24 @@ def test_the_view_links_the_waiting_question_to_airflow_and_shows_who_answered(a
     assert '<span class="badge good approved-by">approved by alice</span>' in page
     assert 'approved by <strong class="approved-by">alice</strong>' in page
     json.dumps(view.overview(approved), allow_nan=False, default=str)
+
+
+def test_sluice_model_status_says_what_waits_and_who_answered(
+    approved: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sluice.ops.cli import main
+
+    for key, value in {"SLUICE_LAKE_URI": approved.lake_uri, "SLUICE_MLFLOW_TRACKING_URI": approved.mlflow_tracking_uri,
+                       "SLUICE_USE_CASES": approved.use_case}.items():
+        monkeypatch.setenv(key, str(value))
+    v1 = _register(approved)
+    pending = _finish(approved, "2026-03-07", _candidate(v1, None))["awaiting_approval"]
+    assert main(["model", "status", "--use-case", str(approved.use_case)]) == 0
+    out = capsys.readouterr().out
+    assert f"last decision 2026-03-07: v{v1} vs no champion: awaiting approval" in out
+    assert "awaiting a person's approval: Airflow UI > Required Actions (dag churn__weekly_retrain, run " \
+           "scheduled__2026-03-07, task approve_promotion)" in out
+    _settle(approved, pending, answer("Approve", "alice"))
+    assert main(["model", "status", "--use-case", str(approved.use_case)]) == 0
+    out = capsys.readouterr().out
+    assert "promoted (approved by alice)" in out and "awaiting a person's approval" not in out

@@ -352,6 +352,7 @@ def _model(args: argparse.Namespace) -> int:
     from sluice.edges.lake import Lake
     from sluice.edges.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, RegistryError
     from sluice.stages import promotions
+    from sluice.stages.retrain import awaiting_approval
     from sluice.tables import MODEL_DECISIONS
 
     settings = _settings(args)
@@ -397,9 +398,12 @@ def _model(args: argparse.Namespace) -> int:
         print(f"  @{alias:18} v{aliases[alias]}" if alias in aliases else f"  @{alias:18} -")
     if decisions:
         d = decisions[-1]
-        print(f"last decision {d['ds']}: v{d['model_version']} vs champion v{d['champion_version']}: "
-              f"{promotions.verdict(d)}")
+        against = f"champion v{d['champion_version']}" if d["champion_version"] else "no champion"
+        print(f"last decision {d['ds']}: v{d['model_version']} vs {against}: {promotions.verdict(d)}")
         print(f"  reason: {d['reason']}")
+        if d.get("approval_state") == "awaiting" and awaiting_approval(lake, d["ds"], d["run_id"]):
+            print(f"  awaiting a person's approval: Airflow UI > Required Actions (dag {settings.use_case_name}"
+                  f"__weekly_retrain, run {d['run_id']}, task approve_promotion)")
     if evidence is not None:
         print(f"in shadow: v{in_shadow}: {evidence.describe()}")
     for row in history:
