@@ -11,16 +11,14 @@ browser is downloaded at test time, and a missing Chromium fails the tests loudl
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
-import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.helpers import login_env, sluice_env
 
 from sluice.ops.embedded import PROJECT_ROOT, LocalAirflow, free_port
 from sluice.orchestration.context import dag_id
@@ -89,10 +87,7 @@ def prepare_airflow(airflow: LocalAirflow) -> None:
 @pytest.fixture(scope="module")
 def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
     root = tmp_path_factory.mktemp("ui")
-    password = secrets.token_urlsafe(12)
-    passwords_file = root / "simple_auth_manager_passwords.json"
-    passwords_file.write_text(json.dumps({USER: password}))
-    passwords_file.chmod(0o600)
+    login, password = login_env(root, USER)
     env = {
         "SLUICE_LAKE_URI": (root / "lake").as_uri(),
         "SLUICE_USE_CASES": USE_CASE,
@@ -102,19 +97,10 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
         "SLUICE_TRAIN_WARMUP_DAYS": "0",
         "SLUICE_CODE_VERSION": "ui-test",
         "MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT": "0",
-        # A real login: no automatic admin; one user whose password is in a file of ours.
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
+        **login,  # a real login: no automatic admin; one user whose password is in a file of ours
     }
     airflow = LocalAirflow(home=root / "airflow", port=free_port(), extra_env=env)
-    with pytest.MonkeyPatch.context() as mp:
-        for key in list(os.environ):
-            if key.startswith(("SLUICE_", "AWS_")):
-                mp.delenv(key)
-        for key, value in env.items():
-            if not key.startswith("AIRFLOW__"):
-                mp.setenv(key, value)
+    with sluice_env(env):
         settings = load_settings()
         # The metadata DB is migrated (a subprocess) while the lake fills here.
         with ThreadPoolExecutor(max_workers=1) as pool:

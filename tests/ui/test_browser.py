@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from tests.helpers import log_in
 
 from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake
@@ -39,14 +40,7 @@ def sluice_nav(page):
 
 
 def login(page, stack: UiStack, artifacts: Path, prefix: str) -> None:
-    page.goto(stack.base_url + "/")
-    page.wait_for_url(re.compile(r".*/auth/login.*"))
-    page.get_by_label("Username").fill(stack.user)
-    page.get_by_label("Password").fill(stack.password)
-    shot(page, artifacts, f"{prefix}-login")
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(stack.base_url + "/")
-    sluice_nav(page).wait_for()  # the plugin's nav entry, once logged in
+    log_in(page, stack.base_url, stack.user, stack.password, lambda: shot(page, artifacts, f"{prefix}-login"))
 
 
 def dag_runs(page, stack: UiStack, dag_id: str) -> list[dict]:

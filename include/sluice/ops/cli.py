@@ -166,8 +166,8 @@ def _demo(args: argparse.Namespace) -> int:
     import os
 
     from sluice.core import usecase
+    from sluice.core.names import dag_id as stage_dag_id
     from sluice.ops.embedded import LocalAirflow, free_port
-    from sluice.orchestration.names import dag_id as stage_dag_id
     from sluice.settings import load_settings
     from sluice.stages import etl as pipeline
     from sluice.stages.retrain import split_plan, warmup_days

@@ -40,8 +40,8 @@ class PromotionApproval(ApprovalOperator):
             response_timeout=dt.timedelta(hours=timeout_hours),
             assigned_users=[{"id": a, "name": a} for a in approvers] or None,
             params={**dict(kwargs.pop("params", None) or {}),  # (the DAG's: HITLOperator keeps only its own)
-                    COMMENT: Param("", type="string", maxLength=2000, title="Comment",
-                                   description="Why you approve or reject (recorded with your name).")},
+                    COMMENT: Param(None, type=["null", "string"], maxLength=2000, title="Comment",
+                                   description="Why you approve or reject (optional; recorded with your name).")},
             **kwargs,
         )
         self.use_case = use_case

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from airflow.sdk import CronDataIntervalTimetable, Param
 
 from sluice.core.lineage import RunContext
-from sluice.orchestration.names import STAGES, asset_name, dag_id, early_retrain_run_id, tags
+from sluice.core.names import STAGES, asset_name, dag_id, early_retrain_run_id, tags
 from sluice.orchestration.notify import ALERT_WEBHOOK as NOTIFY_WEBHOOK
 from sluice.orchestration.notify import deadline
 

@@ -44,7 +44,7 @@ def request(settings: Settings, pending: dict[str, Any], card_url: str | None = 
     """Subject and Markdown body of the approval request of ``pending``
     (:func:`sluice.stages.retrain.awaiting_approval`): the gate decision and the model card."""
     uc = usecase.of(settings)
-    asked = _asked(Lake(settings), pending)
+    asked = _asked(recorded_decisions(Lake(settings), pending["ds"], pending["model_version"]), pending)
     card = Registry(settings).model_card(pending["model_version"])
     return request_text(
         use_case=uc.name, model=settings.model, version=pending["model_version"], champion=asked["champion_version"],
@@ -53,9 +53,9 @@ def request(settings: Settings, pending: dict[str, Any], card_url: str | None = 
     )
 
 
-def _asked(lake: Lake, pending: dict[str, Any]) -> dict[str, Any]:
-    rows = [r for r in recorded_decisions(lake, pending["ds"], pending["model_version"])
-            if r["run_id"] == pending["run_id"] and r["approval_state"] == "awaiting"]
+def _asked(rows: list[dict[str, Any]], pending: dict[str, Any]) -> dict[str, Any]:
+    """The decision row of ``pending`` that asked, among the decision rows of its model and day."""
+    rows = [r for r in rows if r["run_id"] == pending["run_id"] and r["approval_state"] == "awaiting"]
     if not rows:
         raise ApprovalError(f"v{pending['model_version']} as of {pending['ds']} awaits no approval of run "
                             f"{pending['run_id']} in {MODEL_DECISIONS.name}")
@@ -69,9 +69,9 @@ def settle(settings: Settings, pending: dict[str, Any], response: ApprovalRespon
     uc = usecase.of(settings)
     timeout_hours = uc.spec.gate.approval.timeout_hours
     ds, version = pending["ds"], pending["model_version"]
-    asked = _asked(lake, pending)
-    answered = [r for r in recorded_decisions(lake, ds, version)
-                if r["run_id"] == asked["run_id"] and r["approval_state"] in ANSWERS]
+    rows = recorded_decisions(lake, ds, version)
+    asked = _asked(rows, pending)
+    answered = [r for r in rows if r["run_id"] == asked["run_id"] and r["approval_state"] in ANSWERS]
     if answered:
         row = answered[0]
         if row["promoted"]:  # the try that recorded the answer may have died before the promotion record

@@ -187,7 +187,7 @@ Mean score against the observed rate, per score decile (a calibrated model has t
 {calibration_rows}
 
 ## Gate decision
-{"**Promoted**" if decision.promote else "**Not promoted**"}{" (forced: " + str(decision.forced_reason) + ")" if decision.forced else ""}.
+{_card_verdict(decision, uc)}{" (forced: " + str(decision.forced_reason) + ")" if decision.forced else ""}.
 {chr(10).join("- " + c.name + ": " + ("pass" if c.passed else "FAIL") + " - " + c.reason for c in decision.checks)}
 
 ## Intended use
@@ -196,6 +196,15 @@ Mean score against the observed rate, per score decile (a calibrated model has t
 ## Known limits
 {limitations}
 """
+
+
+def _card_verdict(decision: Decision, uc: UseCase) -> str:
+    """What the card says the gate did: with an approval required, a pass only asks a person."""
+    if not decision.promote:
+        return "**Not promoted**"
+    if uc.spec.gate.approval.required:
+        return "**Passed the gate**: promoted only once a person approves (see Approval)"
+    return "**Promoted**"
 
 
 def _model_requirements() -> list[str]:
