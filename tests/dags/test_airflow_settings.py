@@ -18,7 +18,8 @@ from sluice.orchestration.settings_file import apply, connection_fields, load
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ROOT / "airflow_settings.yaml"
 CONNECTIONS = (
-    "sluice_source_postgres", "sluice_scores_postgres", "sluice_scores_redis", "sluice_alert_webhook", "sluice_notify_smtp",
+    "sluice_source_postgres", "sluice_scores_postgres", "sluice_scores_redis", "sluice_alert_webhook", "sluice_notify_slack",
+    "sluice_notify_smtp",
 )
 
 
@@ -80,11 +81,22 @@ def test_applying_creates_replaces_and_turns_off(migrated_db: None) -> None:
     on = {"SLUICE_SCORES_POSTGRES_URI": "postgresql://u:p%40ss@db.internal:5432/scores",
           "SLUICE_SCORES_REDIS_URI": "redis://cache:6379/3",
           "SLUICE_ALERT_WEBHOOK_URI": "https://hooks.example.com/services/T0/B0/x",
+          "SLUICE_SLACK_WEBHOOK_URI": "slackwebhook://:T0%2FB0%2Fx@/",
           "SLUICE_ENVIRONMENT": "production"}
-    assert apply(SETTINGS, on) == {"connections": 3, "connections off": 2, "pools": 1, "variables": 1}
-    assert apply(SETTINGS, on)["connections"] == 3  # twice: same result, no duplicates
+    assert apply(SETTINGS, on) == {"connections": 4, "connections off": 2, "pools": 1, "variables": 1}
+    assert apply(SETTINGS, on)["connections"] == 4  # twice: same result, no duplicates
     conns = _connections()
-    assert sorted(conns) == ["sluice_alert_webhook", "sluice_scores_postgres", "sluice_scores_redis"]
+    assert sorted(conns) == ["sluice_alert_webhook", "sluice_notify_slack", "sluice_scores_postgres",
+                             "sluice_scores_redis"]
+    # The URI form the file documents is what the Slack provider's hook reads: the webhook's path
+    # under Slack's default endpoint.
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+    assert conns["sluice_notify_slack"].password == "T0/B0/x"
+    with pytest.MonkeyPatch.context() as mp:  # a task reads it through the SDK: the same URI from the environment
+        mp.setenv("AIRFLOW_CONN_SLUICE_NOTIFY_SLACK", on["SLUICE_SLACK_WEBHOOK_URI"])
+        url = SlackWebhookHook(slack_webhook_conn_id="sluice_notify_slack")._get_conn_params()["url"]
+    assert url.startswith("https://") and url.endswith("/services/T0/B0/x")
     pg = conns["sluice_scores_postgres"]
     assert (pg.conn_type, pg.host, pg.port, pg.schema, pg.login, pg.password) == (
         "postgres", "db.internal", 5432, "scores", "u", "p@ss")

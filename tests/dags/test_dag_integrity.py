@@ -345,14 +345,15 @@ def test_lake_maintenance_retires_state_before_it_maintains_the_tables_one_run_a
 
 
 def test_every_task_notifies_its_failure(dagbag) -> None:
-    """on_failure_callback of every task holds the webhook notifier (and SMTP's only when asked for)."""
-    from sluice.orchestration.notify import WebhookFailureNotifier
+    """on_failure_callback of every task holds the webhook and Slack notifiers (and SMTP's only when asked for)."""
+    from sluice.orchestration.notify import SlackFailureNotifier, WebhookFailureNotifier
 
     for dag in dagbag.dags.values():
         for task in dag.tasks:
             callbacks = task.on_failure_callback
             callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-            assert [type(c) for c in callbacks] == [WebhookFailureNotifier], f"{dag.dag_id}.{task.task_id}"
+            assert [type(c) for c in callbacks] == [WebhookFailureNotifier, SlackFailureNotifier], (
+                f"{dag.dag_id}.{task.task_id}")
 
 
 def test_the_daily_dags_have_a_deadline_alert_and_the_others_none(dagbag) -> None:

@@ -1,7 +1,9 @@
-"""Failure notices: the notifiers every task's on_failure_callback runs, against a real HTTP webhook."""
+"""Failure notices and alert channels: the notifiers every task's on_failure_callback runs and the
+channels alerts and missed deadlines go through, against real HTTP endpoints (the webhook, Slack's)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -9,7 +11,9 @@ import pytest
 from tests.helpers import webhook_server
 
 from sluice.ops.embedded import free_port
-from sluice.orchestration.notify import WebhookFailureNotifier, failure_notifiers
+from sluice.orchestration.notify import SlackFailureNotifier, WebhookFailureNotifier, failure_notifiers
+
+SLACK_CONN = "AIRFLOW_CONN_SLUICE_NOTIFY_SLACK"
 
 
 @pytest.fixture
@@ -52,11 +56,88 @@ def test_without_the_connection_or_with_the_webhook_down_nothing_is_raised(webho
 def test_email_is_added_only_when_recipients_are_named() -> None:
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    assert [type(n) for n in failure_notifiers({})] == [WebhookFailureNotifier]
+    assert [type(n) for n in failure_notifiers({})] == [WebhookFailureNotifier, SlackFailureNotifier]
     notifiers = failure_notifiers({"SLUICE_NOTIFY_EMAIL_TO": "ml-oncall, data-team"})
-    assert [type(n) for n in notifiers] == [WebhookFailureNotifier, SmtpNotifier]
-    assert list(notifiers[1].to) == ["ml-oncall", "data-team"]
-    assert notifiers[1].smtp_conn_id == "sluice_notify_smtp"
+    assert [type(n) for n in notifiers] == [WebhookFailureNotifier, SlackFailureNotifier, SmtpNotifier]
+    assert list(notifiers[2].to) == ["ml-oncall", "data-team"]
+    assert notifiers[2].smtp_conn_id == "sluice_notify_smtp"
+
+
+# -- Slack ----------------------------------------------------------------------------------------
+def _slack_connection(monkeypatch, url: str) -> None:
+    """The Slack provider's incoming-webhook connection; a full URL in the password is its documented form."""
+    monkeypatch.setenv(SLACK_CONN, json.dumps({"conn_type": "slackwebhook", "password": url}))
+
+
+def test_a_failure_reaches_slack_through_the_providers_notifier(monkeypatch) -> None:
+    from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+    with webhook_server("/services/T0/B0/secret") as (url, received):
+        _slack_connection(monkeypatch, url)
+        notifier = SlackFailureNotifier()
+        assert isinstance(notifier, SlackWebhookNotifier)
+        notifier(_context(RuntimeError("amount: parse_number failed for 31% of rows")))  # as Airflow calls it
+    [(path, body)] = received
+    assert path == "/services/T0/B0/secret"
+    assert body["text"] == (
+        ":red_circle: churn__nightly_etl.curate_events failed for 2026-03-01 (run scheduled__2026-03-02, attempt 3): "
+        "amount: parse_number failed for 31% of rows\nlog: /dags/churn__nightly_etl/runs/x/tasks/curate_events")
+
+
+def test_slack_without_its_connection_or_down_never_raises(monkeypatch, caplog) -> None:
+    monkeypatch.delenv(SLACK_CONN, raising=False)
+    SlackFailureNotifier()(_context(RuntimeError("boom")))
+    _slack_connection(monkeypatch, f"http://127.0.0.1:{free_port()}/services/T0/B0/x")
+    monkeypatch.setenv("SLUICE_TIMEOUT_HTTP_S", "2")
+    with caplog.at_level("WARNING"):
+        SlackFailureNotifier()(_context(RuntimeError("boom")))
+    assert "failure not notified on Slack" in caplog.text
+
+
+def test_alerts_go_through_every_configured_channel_and_skip_without_any(webhook, monkeypatch) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from sluice.orchestration.context import send_alert_notice
+    from sluice.orchestration.notify import alert_channels
+
+    url, posted = webhook
+    payload = {"text": "[sluice] churn 2026-03-01: 41% of features drifted", "reasons": ["drift"], "ds": "2026-03-01"}
+    monkeypatch.delenv("AIRFLOW_CONN_SLUICE_ALERT_WEBHOOK", raising=False)
+    monkeypatch.delenv(SLACK_CONN, raising=False)
+    assert alert_channels() == []
+    with pytest.raises(AirflowSkipException, match="no alert channel is configured"):
+        send_alert_notice(payload)
+
+    with webhook_server("/services/T0/B0/secret") as (slack_url, on_slack):
+        _slack_connection(monkeypatch, slack_url)
+        assert send_alert_notice(payload) == 200  # Slack alone
+        monkeypatch.setenv("AIRFLOW_CONN_SLUICE_ALERT_WEBHOOK", url)
+        assert len(alert_channels()) == 2
+        assert send_alert_notice(payload) == 200
+    assert [body for _, body in posted] == [payload], "the webhook gets the whole payload"
+    assert [body["text"] for _, body in on_slack] == [payload["text"]] * 2, "Slack gets its text"
+
+    # Where a connection may not be read (a deadline callback: the Execution API denies it), that
+    # channel is off and the others still go.
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
+
+    real = BaseHook.get_connection
+
+    def denied(conn_id: str, *args, **kwargs):
+        if conn_id == "sluice_notify_slack":
+            raise AirflowSecretsBackendAccessDenied(f"Access denied for connection {conn_id!r} by Execution API")
+        return real(conn_id, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(BaseHook, "get_connection", denied)
+        assert len(alert_channels()) == 1
+
+    # A channel that is down fails the send: the alert task's retry sends it again, nothing recorded.
+    _slack_connection(monkeypatch, f"http://127.0.0.1:{free_port()}/services/T0/B0/x")
+    monkeypatch.setenv("SLUICE_TIMEOUT_HTTP_S", "2")
+    with pytest.raises(Exception):  # noqa: B017 (slack_sdk's URLError or the provider's AirflowException)
+        send_alert_notice(payload)
 
 
 # -- deadlines ------------------------------------------------------------------------------------
@@ -104,6 +185,14 @@ def test_a_missed_deadline_is_posted_with_the_run_and_its_day(webhook, monkeypat
     context["dag_run"]["conf"] = {"partition_day": "2026-02-20"}
     deadline_missed(context, stage="nightly_etl", use_case="churn", minutes=360)
     assert received[-1][1]["ds"] == "2026-02-20"
+
+    # Slack too, once its connection is configured.
+    with webhook_server("/services/T0/B0/secret") as (slack_url, on_slack):
+        _slack_connection(monkeypatch, slack_url)
+        deadline_missed(context, stage="nightly_etl", use_case="churn", minutes=360)
+    [(_, message)] = on_slack
+    assert message["text"].startswith("[sluice] churn__nightly_etl for 2026-02-20 is late")
+    assert len(received) == 3
 
 
 # -- asset events ---------------------------------------------------------------------------------

@@ -125,9 +125,9 @@ def test_backfills_run_both_dags_through_airflow(stack, webhook) -> None:
     assert rows == seen and seen[DAYS[0]] > 100, (rows, seen)
     # The asset events say which Delta version of which day each update wrote, and how many rows.
     events = {}
-    for name, extra in airflow.query(
-        "SELECT a.name, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name LIKE ?",
-        ("sluice.churn.%",),
+    for name, extra in airflow.sql(
+        "SELECT a.name, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name LIKE :names",
+        names="sluice.churn.%",
     ):
         events.setdefault(name, []).append(json.loads(extra))
     features_events = {e["ds"]: e for e in events["sluice.churn.features"]}

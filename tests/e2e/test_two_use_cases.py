@@ -26,7 +26,8 @@ import pytest
 from sluice.core.usecase import load_use_case
 from sluice.edges.lake import Lake
 from sluice.edges.registry import CHAMPION, Registry
-from sluice.ops.embedded import Backfill, LocalAirflow, free_port, json_output
+from sluice.ops.airflow_client import Backfill, json_output
+from sluice.ops.embedded import LocalAirflow, free_port
 from sluice.orchestration.context import STAGES, dag_id
 from sluice.settings import Settings, load_settings
 from sluice.stages import etl as pipeline

@@ -14,6 +14,7 @@ from sluice.core.usecase import load_use_case
 from sluice.edges.sources import raw_schema
 from sluice.settings import load_settings
 from usecases.churn.simulator import (
+    CANCEL_IN_APP_FROM,
     CHANNELS,
     DEVICES,
     EVENT_TYPES,
@@ -150,6 +151,42 @@ def test_churn_truth_customers_have_no_event_in_the_horizon(sim):
     for offset in (1, 10, 30):
         ids = set(sim.events_for_day(DAY + dt.timedelta(days=offset))["customer_id"])
         assert not ids & gone
+
+
+# -- the in-app cancellation: the world changes once on its own ------------------------------------
+def _last_day_sessions(source: SimulatorSource, first: dt.date, days: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Over ``days`` days from ``first``: the sessions of those for whom it was the last day they
+    could be active, and everybody else's."""
+    c = source.customers
+    last_day = c.set_index("customer_id")["onset"] + c.set_index("customer_id")["decay_len"] - 1
+    leavers, others = [], []
+    for day in (first + dt.timedelta(days=i) for i in range(days)):
+        events = source.events_for_day(day)
+        sessions = events[events["event_type"] == "session"]
+        last = (last_day.reindex(sessions["customer_id"]).to_numpy() == (day - source.epoch).days)
+        leavers.append(sessions[last])
+        others.append(sessions[~last])
+    return pd.concat(leavers), pd.concat(others)
+
+
+def test_from_its_day_most_leavers_come_once_more_for_a_long_session_and_before_it_none_does():
+    source = SimulatorSource(n_customers=20_000, seed=3)
+    stationary = SimulatorSource(n_customers=20_000, seed=3, cancel_in_app_from=None)
+    before = source.epoch + dt.timedelta(days=CANCEL_IN_APP_FROM - 1)
+    assert source.events_for_day(before).equals(stationary.events_for_day(before)), "nothing changes before its day"
+
+    after = source.epoch + dt.timedelta(days=CANCEL_IN_APP_FROM + 40)
+    c = source.customers
+    t = (after - source.epoch).days
+    leaving = int((((c["onset"] + c["decay_len"] - 1) >= t) & ((c["onset"] + c["decay_len"] - 1) < t + 10)).sum())
+    came, others = _last_day_sessions(source, after)
+    assert leaving > 50
+    assert came["customer_id"].nunique() >= 0.6 * leaving, "seven in ten cancel in the app"
+    assert came["duration_s"].median() > 3 * others["duration_s"].median(), "the cancellation flow takes a while"
+
+    quiet_came, quiet_others = _last_day_sessions(stationary, after)
+    assert quiet_came["customer_id"].nunique() < 0.5 * leaving, "a stationary business has no such visit"
+    assert quiet_came["duration_s"].median() < 2 * quiet_others["duration_s"].median()
 
 
 # -- drift -----------------------------------------------------------------------------------------

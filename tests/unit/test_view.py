@@ -20,13 +20,21 @@ import pytest
 from sluice.core import gate
 from sluice.core.lineage import RunContext
 from sluice.core.usecase import load_use_case
+from sluice.core.volume import check_volume
 from sluice.edges.lake import Lake
 from sluice.edges.storage import put_object, report_uri
 from sluice.settings import Settings, load_settings
 from sluice.stages import promotions
 from sluice.stages.monitoring.drift import history_row
 from sluice.stages.monitoring.report import DriftSummary
-from sluice.tables import DRIFT_HISTORY, MODEL_DECISIONS, PARTITION_COLUMN, PERFORMANCE_HISTORY, RECORD_TABLES
+from sluice.tables import (
+    DRIFT_HISTORY,
+    MODEL_DECISIONS,
+    PARTITION_COLUMN,
+    PERFORMANCE_HISTORY,
+    RECORD_TABLES,
+    VOLUME_HISTORY,
+)
 from sluice.ui import view
 
 UC = load_use_case("churn")
@@ -82,6 +90,14 @@ def _write_records(settings: Settings) -> None:
             "evaluated_on": "2026-03-18", "alert": False, PARTITION_COLUMN: "2026-02-16"}
     lake.write_partition(PERFORMANCE_HISTORY, "2026-02-16", pa.Table.from_pylist([perf], schema=PERFORMANCE_HISTORY.schema),
                          RunContext("drift_report", "p").lineage("2026-02-16", {}))
+    # ingest_raw's volume checks, as check_day_volume records them: a thin day between two normal ones.
+    spec = UC.spec.contract.volume
+    for ds, rows in (("2026-02-15", 4100), ("2026-02-16", 900), ("2026-02-17", 4000)):
+        check = check_volume(ds, rows, {f"2026-02-0{i}": 4000 + 10 * i for i in range(1, 9)}, spec)
+        row = {k: v for k, v in check.as_dict().items() if k in VOLUME_HISTORY.schema.names}
+        lake.write_partition(VOLUME_HISTORY, ds, pa.Table.from_pylist([row | {"raw_version": 3}],
+                                                                      schema=VOLUME_HISTORY.schema),
+                             RunContext("ingest_raw", f"v{ds}").lineage(ds, {}))
 
 
 def _isolated_settings(root: Path) -> Settings:
@@ -133,7 +149,8 @@ def test_freshness_lists_every_table_with_its_latest_partition(settings, ctx, he
 def test_an_empty_lake_gives_empty_sections(view_settings) -> None:
     settings = view_settings
     data = view.overview(settings)
-    assert all(data[s]["ok"] for s in ("registry", "champion", "decisions", "drift", "performance", "freshness"))
+    assert all(data[s]["ok"] for s in ("registry", "champion", "decisions", "drift", "performance", "volume",
+                                       "freshness"))
     assert data["registry"]["data"] == {}, "no tracking store: no alias, and none is created to be read"
     assert data["champion"]["data"]["current"] is None and data["champion"]["data"]["history"] == []
     assert data["decisions"]["data"] == [] and data["drift"]["data"]["days"] == []
@@ -141,6 +158,7 @@ def test_an_empty_lake_gives_empty_sections(view_settings) -> None:
     assert not Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).exists()
     page = view.render_page(data)
     assert "No champion yet" in page and "No drift report yet" in page and "No gate decision yet" in page
+    assert data["volume"]["data"]["days"] == [] and "No volume check yet" in page
 
 
 def test_each_use_case_is_shown_on_its_own_and_the_switch_lists_them_all(recorded) -> None:
@@ -197,6 +215,24 @@ def test_drift_and_performance_histories_are_oldest_first_with_report_links(reco
     assert history["days"][0]["report"] == "reports/2026-02-16/report.html?use_case=churn"  # this use case's
     perf = view.performance_history(recorded)
     assert perf["roc_auc_floor"] == 0.7 and [(p["ds"], p["roc_auc"]) for p in perf["days"]] == [("2026-02-16", 0.81)]
+
+
+def test_the_volume_of_each_day_is_shown_against_its_band_and_a_thin_day_stands_out(recorded) -> None:
+    volume = view.volume_history(recorded)
+    assert (volume["max_drop"], volume["max_rise"], volume["trailing_days"]) == (0.5, 1.0, 28)
+    assert [(d["ds"], d["rows"], d["verdict"], d["alert"]) for d in volume["days"]] == [
+        ("2026-02-15", 4100, "ok", False), ("2026-02-16", 900, "low", True), ("2026-02-17", 4000, "ok", False)]
+    assert volume["outside"] == 1
+    data = view.overview(recorded)
+    chart = view.charts(data)["volume"]
+    [series] = chart["series"]
+    assert [p["alert"] for p in series["points"]] == [False, True, False]
+    assert chart["reference"]["text"] == "alert below 50%"
+    page = view.render_page(data)
+    section = page[page.index('id="volume"'):page.index('id="shadow"')]
+    assert "<strong>1 day(s)</strong> of the last 3 were outside" in section
+    assert '<tr class="alert">' in section and "2026-02-16" in section and "22%" in section, "900 of a median 4,045"
+    assert section.count('<span class="badge good">ok</span>') == 2
 
 
 def test_a_failing_section_shows_its_error_and_the_others_still_render(recorded, monkeypatch) -> None:

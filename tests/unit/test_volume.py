@@ -23,6 +23,7 @@ from sluice.core.contracts import ContractViolation
 from sluice.core.lineage import RunContext
 from sluice.core.usecase import VolumeSpec, load_use_case
 from sluice.core.volume import VolumeError, check_volume, trailing_counts
+from sluice.edges.alerts import send_alert
 from sluice.edges.lake import Lake
 from sluice.ops.cli import _status
 from sluice.settings import Settings, load_settings
@@ -98,6 +99,11 @@ def webhook() -> Iterator[tuple[str, list]]:
         yield served
 
 
+def _to(url: str):
+    """The alert channel of these tests: the webhook at ``url`` (the DAG's are its connections)."""
+    return lambda payload: send_alert(url, payload)
+
+
 def _ingest(settings: Settings, keep: float) -> None:
     source = _Thinned(SimulatorSource.from_settings(settings, load_use_case(settings.use_case)), LOW_DAY, keep)
     for day in DAYS:
@@ -110,12 +116,12 @@ def test_a_thin_day_alerts_once_with_its_numbers_and_a_normal_day_does_not(tmp_p
     _ingest(settings, keep=0.3)
     ctx = RunContext("churn__ingest_raw", "scheduled__low")
 
-    normal = check_day_volume(settings, DAYS[-2], ctx, lambda: url)
+    normal = check_day_volume(settings, DAYS[-2], ctx, _to(url))
     assert normal["verdict"] == "ok" and not normal["alert_sent"] and received == []
 
-    first = check_day_volume(settings, LOW_DAY, ctx, lambda: url)
+    first = check_day_volume(settings, LOW_DAY, ctx, _to(url))
     assert first["verdict"] == "low" and first["alert_sent"] and first["baseline_days"] == len(DAYS) - 1
-    again = check_day_volume(settings, LOW_DAY, RunContext("churn__ingest_raw", "manual__rerun"), lambda: url)
+    again = check_day_volume(settings, LOW_DAY, RunContext("churn__ingest_raw", "manual__rerun"), _to(url))
     assert again["verdict"] == "low" and not again["alert_sent"], "sent at most once per day"
 
     assert len(received) == 1
@@ -150,6 +156,6 @@ def test_a_use_case_that_says_so_fails_the_day_after_alerting(tmp_path: Path, we
     assert load_use_case(str(folder)).spec.contract.volume.fail
     _ingest(settings, keep=0.3)
     with pytest.raises(VolumeError, match=rf"raw/events {LOW_DAY}: .* below the band .*contract.volume"):
-        check_day_volume(settings, LOW_DAY, RunContext("churn__ingest_raw", "scheduled__low"), lambda: url)
+        check_day_volume(settings, LOW_DAY, RunContext("churn__ingest_raw", "scheduled__low"), _to(url))
     assert len(received) == 1, "the alert went out before the day failed"
     assert Lake(settings).partition_rows(VOLUME_HISTORY)[LOW_DAY.isoformat()] == 1

@@ -1,4 +1,4 @@
-"""`sluice backfill DAG --from D1 --to D2`: a backfill of the embedded Airflow that is created, or says why not.
+"""`sluice backfill DAG --from D1 --to D2`: a backfill that is created, or says why not (any AirflowClient).
 
 `airflow backfill create` on SQLite, with a scheduler running, sometimes prints "Created
 backfill Dag run." and leaves no backfill and no run: a lock error inside it makes Airflow
@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from sluice.ops.embedded import LocalAirflow
+from sluice.ops.airflow_client import AirflowClient
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +48,24 @@ class BackfillReport:
         return "; ".join(parts)
 
 
-def _query(airflow: LocalAirflow, sql: str, params: tuple[object, ...]) -> list[tuple]:
-    if not airflow.metadata_db.exists():
-        raise BackfillError(f"no metadata DB at {airflow.metadata_db}: start the embedded Airflow first (make serve)")
-    return airflow.query(sql, params)
+def _query(airflow: AirflowClient, sql: str, **params: object) -> list[tuple]:
+    metadata_db = getattr(airflow, "metadata_db", None)
+    if metadata_db is not None and not metadata_db.exists():
+        raise BackfillError(f"no metadata DB at {metadata_db}: start the embedded Airflow first (make serve)")
+    return airflow.sql(sql, **params)
 
 
-def latest_backfill_id(airflow: LocalAirflow, dag_id: str) -> int:
-    return int(_query(airflow, "SELECT max(id) FROM backfill WHERE dag_id = ?", (dag_id,))[0][0] or 0)
+def latest_backfill_id(airflow: AirflowClient, dag_id: str) -> int:
+    return int(_query(airflow, "SELECT max(id) FROM backfill WHERE dag_id = :dag_id", dag_id=dag_id)[0][0] or 0)
 
 
-def inspect(airflow: LocalAirflow, backfill_id: int) -> tuple[int, int, dict[str, int]]:
+def inspect(airflow: AirflowClient, backfill_id: int) -> tuple[int, int, dict[str, int]]:
     """(runs listed, of them present in dag_run, logical dates skipped by reason) of one backfill."""
     rows = _query(
         airflow,
         "SELECT b.dag_run_id, b.exception_reason, r.id FROM backfill_dag_run b "
-        "LEFT JOIN dag_run r ON r.id = b.dag_run_id WHERE b.backfill_id = ?",
-        (backfill_id,),
+        "LEFT JOIN dag_run r ON r.id = b.dag_run_id WHERE b.backfill_id = :backfill_id",
+        backfill_id=backfill_id,
     )
     listed = [r for r in rows if r[0] is not None]
     present = [r for r in listed if r[2] is not None]
@@ -72,18 +73,18 @@ def inspect(airflow: LocalAirflow, backfill_id: int) -> tuple[int, int, dict[str
     return len(listed), len(present), dict(skipped)
 
 
-def run_states(airflow: LocalAirflow, backfill_id: int) -> dict[str, int]:
+def run_states(airflow: AirflowClient, backfill_id: int) -> dict[str, int]:
     rows = _query(
         airflow,
         "SELECT r.state, count(*) FROM backfill_dag_run b JOIN dag_run r ON r.id = b.dag_run_id "
-        "WHERE b.backfill_id = ? GROUP BY r.state",
-        (backfill_id,),
+        "WHERE b.backfill_id = :backfill_id GROUP BY r.state",
+        backfill_id=backfill_id,
     )
     return {str(state): int(n) for state, n in rows}
 
 
 def create(
-    airflow: LocalAirflow,
+    airflow: AirflowClient,
     dag_id: str,
     start: dt.date,
     end: dt.date,
@@ -131,7 +132,7 @@ def create(
     raise BackfillError(f"airflow backfill create --dag-id {dag_id} {start}..{end}: {problem} after {attempts} attempts")
 
 
-def wait(airflow: LocalAirflow, report: BackfillReport, timeout_s: float) -> BackfillReport:
+def wait(airflow: AirflowClient, report: BackfillReport, timeout_s: float) -> BackfillReport:
     """Follow the backfill's runs until each has finished; fail unless all succeeded."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -218,14 +218,28 @@ def _demo(args: argparse.Namespace) -> int:
         # loads those months once, in one process, before its first scheduled day.
         history_end = start - dt.timedelta(days=1)
         step(f"sluice load-history --from {history_start} --to {history_end} (in this process)")
+        quarantined = 0
+
         def progress(summary: dict) -> None:
+            nonlocal quarantined
+            quarantined += summary["curate"]["quarantined"]
             day = dt.date.fromisoformat(summary["ds"])
             if day.day == 1 or day == history_end:
                 step(f"  loaded {summary['ds']}: {summary['ingest']['rows']:,} events, "
-                     f"{summary['features']['entities']:,} {uc.spec.entity.name}s with features")
+                     f"{summary['features']['entities']:,} {uc.spec.entity.name}s with features; "
+                     f"{quarantined:,} rows quarantined so far")
 
-        loaded = pipeline.load_history(settings, history_start, history_end, progress=progress)
-        step(f"history loaded: {len(loaded)} days, {sum(d['ingest']['rows'] for d in loaded):,} raw events")
+        # A warning per day of a bulk load buries the progress: the quarantine holds each row and
+        # its reason (`sluice status` counts them), and the total is printed above.
+        etl_log = logging.getLogger(pipeline.__name__)
+        level = etl_log.level
+        etl_log.setLevel(logging.ERROR)
+        try:
+            loaded = pipeline.load_history(settings, history_start, history_end, progress=progress)
+        finally:
+            etl_log.setLevel(level)
+        step(f"history loaded: {len(loaded)} days, {sum(d['ingest']['rows'] for d in loaded):,} raw events, "
+             f"{quarantined:,} rows quarantined")
 
     airflow = LocalAirflow(home=home, project=project, port=args.port or free_port(), extra_env=env)
     step(f"Airflow home {home}, lake {lake.as_uri()}")

@@ -22,19 +22,19 @@ import os
 import secrets
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import closing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from sluice.ops.airflow_client import AirflowClient, Backfill, json_output
 
 log = logging.getLogger(__name__)
 
@@ -57,65 +57,6 @@ import sys
 if sys.argv[1:2] == ["scheduler"]:
     import sluice.stages.etl  # noqa: F401  (pandas, pyarrow, deltalake, pandera)
 """
-TERMINAL = {"success", "failed"}
-
-
-def json_output(text: str) -> list | dict:
-    """The JSON document in a CLI's output; Airflow may print warnings before it."""
-    for line in reversed(text.splitlines()):
-        if line.startswith(("[", "{")):
-            return json.loads(line)
-    return []
-
-
-# Every finished earlier try that did not succeed: Airflow archives each try in
-# task_instance_history (a sensor's reschedule is not a try; a successful try archived by a
-# re-run, clear or backfill, is no retry). Plain SQL for SQLite and PostgreSQL alike.
-RETRIED_TRIES_SQL = (
-    "SELECT dag_id, run_id, task_id, map_index, try_number, state FROM task_instance_history"
-    " WHERE state IS NULL OR state != 'success' ORDER BY dag_id, run_id, task_id, try_number"
-)
-
-
-def describe_retried_tries(rows: Iterable[Sequence[Any]], logs: Path, tail: int = 40) -> list[str]:
-    """Rows of RETRIED_TRIES_SQL, each with the end of its log under ``logs`` (Airflow's layout)."""
-    out = []
-    for dag_id, run_id, task_id, map_index, attempt, state in rows:
-        out.append(f"{dag_id} {run_id} {task_id}[{map_index}] try {attempt}: {state}")
-        folder = logs / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-        for log_file in sorted(folder.glob(f"**/attempt={attempt}.log")):
-            lines = log_file.read_text(errors="replace").splitlines()[-tail:]
-            out.append(f"--- {log_file} (last {len(lines)} lines)")
-            out.extend(lines)
-    return out
-
-
-def wait_for_finished_runs(
-    dag_id: str,
-    expected: int,
-    list_runs: Callable[[], list[dict]],
-    *,
-    check_alive: Callable[[], None],
-    retried_tries: Callable[[], list[str]],
-    timeout: float,
-    poll: float,
-) -> list[dict]:
-    """Wait until ``expected`` runs of ``dag_id`` exist and all have finished (LocalAirflow and the twin)."""
-    deadline = time.monotonic() + timeout
-    runs: list[dict] = []
-    while time.monotonic() < deadline:
-        check_alive()
-        runs = list_runs()
-        if len(runs) >= expected and all(r["state"] in TERMINAL for r in runs):
-            retried = retried_tries()
-            if retried:  # succeeded in the end, but a retry hides its cause: show it
-                log.warning("tasks that needed a retry so far:\n%s", "\n".join(retried))
-            return runs
-        time.sleep(poll)
-    states = {r["run_id"]: r["state"] for r in runs}
-    raise TimeoutError(f"{dag_id}: runs not finished after {timeout}s: {states}")
-
-
 # Signals that stop the embedded Airflow like a Ctrl-C does (SIGINT raises KeyboardInterrupt already).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -190,19 +131,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass(frozen=True)
-class Backfill:
-    """One `airflow backfill create`: the runs of ``dag_id`` for the logical dates start..end."""
-
-    dag_id: str
-    start: str
-    end: str
-    max_active_runs: int = 8
-    reprocess: str = "failed"  # --reprocess-behavior: none, failed or completed
-
-
 @dataclass
-class LocalAirflow:
+class LocalAirflow(AirflowClient):
     home: Path
     project: Path = PROJECT_ROOT
     port: int = 8080
@@ -268,21 +198,21 @@ class LocalAirflow:
         env.update(self.extra_env)
         return env
 
-    # -- the CLI ---------------------------------------------------------------------
-    def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        env = self.env() | {"PYTHONWARNINGS": "ignore"}  # warnings would land on stdout, before the JSON
-        for attempt in range(6):
-            result = subprocess.run(
-                [str(self.bin_dir / "airflow"), *args], env=env, capture_output=True, text=True, timeout=timeout
-            )
-            # SQLite allows one writer: a read-only CLI call can collide with the scheduler's writes.
-            if result.returncode == 0 or "database is locked" not in result.stderr or args[0] == "backfill":
-                break
-            log.warning("airflow %s: database is locked, retrying", " ".join(args))
-            time.sleep(1 + attempt)
-        if check and result.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-        return result
+    # -- the CLI and the metadata DB: AirflowClient's ---------------------------------
+    def airflow_env(self) -> dict[str, str]:
+        return self.env()
+
+    @property
+    def metadata_db(self) -> Path:
+        return self.home / "airflow.db"
+
+    @property
+    def metadata_url(self) -> str:
+        return f"sqlite:///{self.metadata_db}"
+
+    @property
+    def task_logs_dir(self) -> Path:
+        return self.home / "logs"
 
     def migrate(self) -> None:
         self.cli("db", "migrate")
@@ -417,10 +347,6 @@ class LocalAirflow:
         self.stop()
 
     # -- runs ------------------------------------------------------------------------
-    def backfill(self, dag_id: str, start: str, end: str, max_active_runs: int = 8, reprocess: str = "failed") -> None:
-        """`airflow backfill create`, with the scheduler paused while it writes (see :meth:`backfills`)."""
-        self.backfills([Backfill(dag_id, start, end, max_active_runs, reprocess)])
-
     def backfills(self, requests: Iterable[Backfill]) -> None:
         """`airflow backfill create` for each request, in order, with the scheduler paused once for all.
 
@@ -445,81 +371,12 @@ class LocalAirflow:
             self.stop_component(name)
         try:
             for request in requests:
-                self._create_backfill(request)
+                self.create_backfill(request)
         finally:
             if paused:
                 self.start(paused)
 
-    def _create_backfill(self, request: Backfill) -> None:
-        dag_id = request.dag_id
-        for attempt in range(4):
-            result = self.cli(
-                "backfill", "create", "--dag-id", dag_id, "--from-date", request.start, "--to-date", request.end,
-                "--max-active-runs", str(request.max_active_runs), "--reprocess-behavior", request.reprocess,
-                check=False,
-            )
-            if result.returncode == 0:
-                return
-            # A lock error leaves either nothing (Airflow cleaned up: safe to retry) or
-            # a backfill without its runs (not safe: say so rather than guess).
-            if "database is locked" not in result.stderr or attempt == 3 or self.incomplete_backfills(dag_id):
-                raise RuntimeError(
-                    f"airflow backfill create --dag-id {dag_id} failed ({result.returncode}):\n"
-                    f"{result.stderr[-4000:]}"
-                )
-            log.warning("airflow backfill create %s: database is locked, retrying", dag_id)
-            time.sleep(2 + 3 * attempt)
-
-    @property
-    def metadata_db(self) -> Path:
-        return self.home / "airflow.db"
-
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Rows of a read-only query of the SQLite metadata DB (it must exist: migrate first)."""
-        with closing(sqlite3.connect(f"file:{self.metadata_db}?mode=ro", uri=True, timeout=120)) as conn:
-            return conn.execute(sql, params).fetchall()
-
-    def incomplete_backfills(self, dag_id: str) -> int:
-        """Backfills of ``dag_id`` not marked complete yet, read from the SQLite metadata DB."""
-        rows = self.query("SELECT count(*) FROM backfill WHERE dag_id = ? AND completed_at IS NULL", (dag_id,))
-        return int(rows[0][0])
-
-    def wait_for_backfills_complete(self, dag_id: str, timeout: float = 900) -> None:
-        deadline = time.monotonic() + timeout
-        while self.incomplete_backfills(dag_id):
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"a backfill of {dag_id} is still not complete after {timeout}s")
-            time.sleep(3)
-
     def retried_tries(self, tail: int = 40) -> list[str]:
-        """Every earlier try of a task that was retried, with the end of its log.
-
-        A retry that succeeds hides its cause from the run's state: this is how a test
-        run or the demo shows it. Airflow keeps each finished earlier try in
-        ``task_instance_history``; a sensor's reschedule is not a try and is not there.
-        """
-        if not self.metadata_db.exists():
+        if not self.metadata_db.exists():  # not migrated yet: nothing ran
             return []
-        return describe_retried_tries(self.query(RETRIED_TRIES_SQL), self.home / "logs", tail)
-
-    def trigger(self, dag_id: str, conf: Mapping[str, object] | None = None, run_id: str | None = None) -> str:
-        args = ["dags", "trigger", dag_id, "-o", "json"]
-        if conf:
-            args += ["--conf", json.dumps(conf)]
-        if run_id:
-            args += ["--run-id", run_id]
-        runs = json_output(self.cli(*args).stdout)
-        return str(runs[0]["dag_run_id"])
-
-    def runs(self, dag_id: str) -> list[dict]:
-        return list(json_output(self.cli("dags", "list-runs", dag_id, "-o", "json").stdout))
-
-    def wait_for_runs(
-        self, dag_id: str, expected: int, timeout: float = 900, poll: float = 5
-    ) -> list[dict]:
-        """Wait until ``expected`` runs of ``dag_id`` exist and all have finished."""
-        return wait_for_finished_runs(
-            dag_id, expected, lambda: self.runs(dag_id), check_alive=self.check_alive,
-            retried_tries=self.retried_tries, timeout=timeout, poll=poll,
-        )
+        return super().retried_tries(tail)

@@ -39,21 +39,18 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import closing, contextmanager, suppress
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
-from sluice.ops.embedded import (
-    RETRIED_TRIES_SQL,
-    describe_retried_tries,
-    free_port,
-    wait_for_finished_runs,
-)
+from sluice.ops.airflow_client import AirflowClient
+from sluice.ops.embedded import free_port
 from sluice.ops.init import connect_pg, database_exists, init_databases, pg_params
 from sluice.orchestration.compose_vars import interpolate, read_dotenv
 
@@ -265,23 +262,22 @@ def drop_database(url: str) -> None:
 # -- processes: what the twin started, by session ------------------------------------------------
 
 
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, session id, start time in clock ticks) of a process, or None when it is gone."""
+def _proc_stat(pid: int) -> tuple[str, int, float] | None:
+    """(status, session id, creation time) of a process, or None when it is gone."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        proc = psutil.Process(pid)
+        return proc.status(), os.getsid(pid), proc.create_time()
+    except (psutil.Error, ProcessLookupError):
         return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[3]), int(fields[19])
 
 
 def _session_members(session: int) -> list[int]:
+    """The live processes of a session: psutil lists them, os.getsid says whose they are."""
     members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] == session and stat[0] != "Z":
-                members.append(int(entry.name))
+    for proc in psutil.process_iter(["status"]):
+        with suppress(psutil.Error, ProcessLookupError):
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(proc.pid) == session:
+                members.append(proc.pid)
     return members
 
 
@@ -296,8 +292,8 @@ def _write_private(path: Path, text: str) -> None:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return ""
 
 
@@ -306,13 +302,13 @@ class ProcessRecord:
     name: str
     service: str
     pid: int
-    start: int  # start time in clock ticks: a recycled pid is never mistaken for ours
+    start: float  # creation time (psutil): a recycled pid is never mistaken for ours
     log: str
     argv: list[str]
 
     def alive(self) -> bool:
         stat = _proc_stat(self.pid)
-        return stat is not None and stat[2] == self.start and stat[0] != "Z"
+        return stat is not None and stat[2] == self.start and stat[0] != psutil.STATUS_ZOMBIE
 
     def members(self) -> list[int]:
         """Every live process of this record's session (it was started as a session leader)."""
@@ -326,8 +322,10 @@ class ProcessRecord:
 
 
 @dataclass
-class Cluster:
+class Cluster(AirflowClient):
     """The compose topology as local processes; state under ``state_dir``."""
+
+    cli_error = ClusterError
 
     state_dir: Path = DEFAULT_STATE_DIR
     compose_file: Path = COMPOSE_FILE
@@ -720,9 +718,9 @@ class Cluster:
 
     def _job_alive(self, job_type: str, within: float = 90) -> bool:
         rows = self.sql(
-            "SELECT count(*) FROM job WHERE job_type = %s AND state = 'running'"
-            " AND latest_heartbeat > now() - make_interval(secs => %s)",
-            (job_type, within),
+            "SELECT count(*) FROM job WHERE job_type = :job_type AND state = 'running'"
+            " AND latest_heartbeat > now() - make_interval(secs => :within)",
+            job_type=job_type, within=within,
         )
         return bool(rows and rows[0][0])
 
@@ -768,74 +766,18 @@ class Cluster:
                 raise ClusterError(f"DAGs {sorted(wanted - found)} not serialized after {timeout}s")
             time.sleep(2)
 
-    # -- talking to it ----------------------------------------------------------------------------
-    @contextmanager
-    def metadata(self) -> Iterator[Any]:
-        conn = connect_pg(pg_params(self._metadata_url))
-        conn.autocommit = True
-        try:
-            yield conn
-        finally:
-            conn.close()
+    # -- talking to it: the CLI and the metadata DB are AirflowClient's -------------------------
+    def airflow_env(self) -> dict[str, str]:
+        """The `airflow` CLI's environment: compose's airflow-cli service."""
+        return self.env("airflow-cli")
 
-    def sql(self, query: str, params: tuple | None = None) -> list[tuple]:
-        """A read-only query on the metadata DB (cheap, unlike an `airflow` CLI call)."""
-        with self.metadata() as conn, conn.cursor() as cur:
-            cur.execute(query, params)
-            return list(cur.fetchall())
+    @property
+    def metadata_url(self) -> str:
+        return self._metadata_url
 
-    def cli(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """The `airflow` CLI with the environment of compose's airflow-cli service."""
-        env = self.env("airflow-cli") | {"PYTHONWARNINGS": "ignore"}
-        result = subprocess.run(
-            [str(self.bin_dir / "airflow"), *args], env=env, capture_output=True, text=True, timeout=timeout
-        )
-        if check and result.returncode != 0:
-            raise ClusterError(f"airflow {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-        return result
-
-    def wait_for_backfills_complete(self, dag_id: str, timeout: float = 900) -> None:
-        deadline = time.monotonic() + timeout
-        while self.sql("SELECT 1 FROM backfill WHERE dag_id = %s AND completed_at IS NULL", (dag_id,)):
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise ClusterError(f"a backfill of {dag_id} is still not complete after {timeout}s")
-            time.sleep(3)
-
-    def backfill(self, dag_id: str, start: str, end: str, max_active_runs: int = 4, reprocess: str = "failed") -> None:
-        """`airflow backfill create` while the scheduler runs (PostgreSQL takes concurrent writers)."""
-        self.wait_for_backfills_complete(dag_id)  # one running backfill per DAG
-        self.cli(
-            "backfill", "create", "--dag-id", dag_id, "--from-date", start, "--to-date", end,
-            "--max-active-runs", str(max_active_runs), "--reprocess-behavior", reprocess,
-        )
-
-    def runs(self, dag_id: str) -> list[dict[str, Any]]:
-        rows = self.sql(
-            "SELECT run_id, state, logical_date, run_type FROM dag_run WHERE dag_id = %s ORDER BY logical_date, run_id",
-            (dag_id,),
-        )
-        return [{"run_id": r[0], "state": r[1], "logical_date": r[2], "run_type": r[3]} for r in rows]
-
-    def wait_for_runs(self, dag_id: str, expected: int, timeout: float = 900, poll: float = 3) -> list[dict]:
-        """Wait until ``expected`` runs of ``dag_id`` exist and all have finished."""
-        return wait_for_finished_runs(
-            dag_id, expected, lambda: self.runs(dag_id), check_alive=self.check_alive,
-            retried_tries=self.retried_tries, timeout=timeout, poll=poll,
-        )
-
-    def task_instances(self) -> list[dict[str, Any]]:
-        rows = self.sql(
-            "SELECT dag_id, run_id, task_id, map_index, state, hostname, try_number, start_date, end_date, pid"
-            " FROM task_instance ORDER BY dag_id, run_id, task_id"
-        )
-        keys = ("dag_id", "run_id", "task_id", "map_index", "state", "hostname", "try_number", "start_date",
-                "end_date", "pid")
-        return [dict(zip(keys, row)) for row in rows]
-
-    def retried_tries(self, tail: int = 40) -> list[str]:
-        """Every earlier try of a task that was retried, with the end of its log."""
-        return describe_retried_tries(self.sql(RETRIED_TRIES_SQL), self.airflow_home / "logs", tail)
+    @property
+    def task_logs_dir(self) -> Path:
+        return self.airflow_home / "logs"
 
     # -- stopping --------------------------------------------------------------------------------
     def leftovers(self) -> list[str]:

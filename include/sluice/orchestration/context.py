@@ -328,29 +328,34 @@ def redis_url(conn_id: str) -> str:
     return f"{url}?{urlencode(query)}" if query else url
 
 
-def alert_webhook_url() -> str:
-    """The URL of the alert webhook (connection ``sluice_alert_webhook``), or skip the task without it."""
-    from sluice.edges.alerts import webhook_url
+def send_alert_notice(payload: Mapping[str, Any]) -> int:
+    """Send an alert through every configured channel (``notify.alert_channels``: the webhook
+    connection ``sluice_alert_webhook``, the Slack connection ``sluice_notify_slack``); returns
+    the first channel's HTTP status. Without any channel the task is skipped: nothing is sent."""
+    from airflow.sdk.exceptions import AirflowSkipException
 
-    conn = connection_or_skip(ALERT_WEBHOOK, "alert not sent")
-    return webhook_url(conn_type=conn.conn_type, host=conn.host, port=conn.port, schema=conn.schema,
-                       extra=conn.extra_dejson)
+    from sluice.orchestration.notify import SLACK_WEBHOOK, alert_channels
+
+    channels = alert_channels()
+    if not channels:
+        raise AirflowSkipException(f"no alert channel is configured ({ALERT_WEBHOOK}, {SLACK_WEBHOOK}): alert not sent")
+    return [send(payload) for send in channels][0]
 
 
 def check_volume(use_case: str, day: dt.date, ctx: RunContext) -> dict[str, Any]:
-    """ingest_raw's volume check of ``day``; its alert goes through the webhook connection."""
+    """ingest_raw's volume check of ``day``; its alert goes through the alert channels."""
     from sluice.stages.monitoring import check_day_volume
 
-    return check_day_volume(runtime_settings(use_case), day, ctx, alert_webhook_url)
+    return check_day_volume(runtime_settings(use_case), day, ctx, send_alert_notice)
 
 
 def send_day_alert(
     use_case: str, day: dt.date, ctx: RunContext, drift: Mapping[str, Any], performance: Mapping[str, Any]
 ) -> AlertOutcome:
-    """drift_report's alert of ``day``: the reasons not sent yet, through the webhook connection."""
+    """drift_report's alert of ``day``: the reasons not sent yet, through the alert channels."""
     from sluice.stages.monitoring import send_day_alert as send
 
-    return send(runtime_settings(use_case), day, ctx, drift, performance, alert_webhook_url)
+    return send(runtime_settings(use_case), day, ctx, drift, performance, send_alert_notice)
 
 
 # Where a stage's summary holds the Delta version and the rows written of each asset it marks.

@@ -7,17 +7,26 @@ task's process after its last attempt failed, and compose with the providers' ow
 * :class:`WebhookFailureNotifier`: a JSON POST to the connection ``sluice_alert_webhook``,
   the webhook the drift and volume alerts use (a Slack or Teams incoming webhook shows its
   ``text``). Without the connection it logs and does nothing.
+* :class:`SlackFailureNotifier`: the Slack provider's ``SlackWebhookNotifier`` through the
+  connection ``sluice_notify_slack`` (an incoming webhook: ``SLUICE_SLACK_WEBHOOK_URI`` in
+  airflow_settings.yaml). Without the connection it logs and does nothing.
 * the SMTP provider's ``SmtpNotifier`` when ``SLUICE_NOTIFY_EMAIL_TO`` names recipients
   (comma-separated), through the connection ``SLUICE_NOTIFY_SMTP_CONN_ID`` names
   (``sluice_notify_smtp``, from ``SLUICE_SMTP_URI`` in airflow_settings.yaml).
 
 A notifier that cannot deliver logs why and never hides the task's own failure.
 
+**Alerts** (the drift report's, the volume check's) and missed deadlines go through the
+same channels (:func:`alert_channels`): the webhook gets the JSON payload, Slack its
+``text``. An alert task is skipped only when no channel is configured.
+
 **Deadlines** (Airflow 3's Deadline Alerts, :func:`deadline`): a daily run that is not done
 within its stage's interval after it was queued (ingest_raw 3 h, nightly_etl 6 h,
 batch_score 7 h, drift_report 8 h: a scheduled run of D is queued at 00:00 of D+1, so
-nightly_etl is due by 06:00 UTC of D+1) calls :func:`deadline_missed`, which POSTs the
-notice to the same webhook. ``SLUICE_DEADLINE_<STAGE>_MINUTES`` (read at parse time)
+nightly_etl is due by 06:00 UTC of D+1) calls :func:`deadline_missed`, which sends the
+notice through the same channels. It runs in the executor without a task's identity, and
+there Airflow 3.3.2's Execution API denies connection lookups (seen in the e2e test): it
+finds the channels that are ``AIRFLOW_CONN_*`` variables of the scheduler, and skips the others. ``SLUICE_DEADLINE_<STAGE>_MINUTES`` (read at parse time)
 changes an interval; 0 turns it off. Queued, not logical, time: a backfill of last
 month's days is due hours after it starts, not already late.
 """
@@ -27,14 +36,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from airflow.providers.common.compat.notifier import BaseNotifier
+from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
 log = logging.getLogger(__name__)
 
 ALERT_WEBHOOK = "sluice_alert_webhook"
+SLACK_WEBHOOK = "sluice_notify_slack"
 
 
 class WebhookFailureNotifier(BaseNotifier):
@@ -73,10 +84,32 @@ class WebhookFailureNotifier(BaseNotifier):
             log.warning("failure of %s.%s not notified: %s", payload["dag_id"], payload["task_id"], exc)
 
 
+class SlackFailureNotifier(SlackWebhookNotifier):
+    """The Slack provider's webhook notifier, quiet (it logs) while its connection is not configured."""
+
+    def __init__(self, slack_webhook_conn_id: str = SLACK_WEBHOOK, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "text", ":red_circle: {{ ti.dag_id }}.{{ ti.task_id }} failed for {{ params.partition_day or ds }} "
+            "(run {{ ti.run_id }}, attempt {{ ti.try_number }}): {{ exception }}\nlog: {{ ti.log_url }}",
+        )
+        super().__init__(slack_webhook_conn_id=slack_webhook_conn_id, **kwargs)
+
+    def notify(self, context: Mapping[str, Any]) -> None:
+        if not _has_connection(self.slack_webhook_conn_id):
+            log.info("connection %s is not configured: failure not notified on Slack", self.slack_webhook_conn_id)
+            return
+        if self.timeout is None:  # read at run time, not when the DAG is parsed
+            self.timeout = _http_timeout()
+        try:
+            super().notify(context)
+        except Exception as exc:  # the task failed already: say why the notice did not go, hide nothing
+            log.warning("failure not notified on Slack: %s", exc)
+
+
 def failure_notifiers(env: Mapping[str, str] | None = None) -> list[BaseNotifier]:
     """The notifiers every task's ``on_failure_callback`` runs (see the module docstring)."""
     env = os.environ if env is None else env
-    notifiers: list[BaseNotifier] = [WebhookFailureNotifier()]
+    notifiers: list[BaseNotifier] = [WebhookFailureNotifier(), SlackFailureNotifier()]
     recipients = [r.strip() for r in env.get("SLUICE_NOTIFY_EMAIL_TO", "").split(",") if r.strip()]
     if recipients:
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
@@ -125,9 +158,8 @@ def deadline(stage: str, use_case: str) -> Any:
 
 
 def deadline_missed(context: Mapping[str, Any], stage: str, use_case: str, minutes: float, **_: Any) -> None:
-    """The callback of a missed deadline (run by the executor): POST the notice to the alert webhook."""
-    from sluice.edges.alerts import deadline_payload, send_alert
-    from sluice.settings import load_settings
+    """The callback of a missed deadline (run by the executor): the notice through every alert channel."""
+    from sluice.edges.alerts import deadline_payload
 
     run = dict(context.get("dag_run") or {})
     due = (context.get("deadline") or {}).get("deadline_time")
@@ -137,11 +169,62 @@ def deadline_missed(context: Mapping[str, Any], stage: str, use_case: str, minut
         use_case=use_case,
     )
     log.warning("DEADLINE missed: %s", payload["text"])
+    channels = alert_channels()
+    if not channels:
+        log.info("no alert channel is configured (%s, %s): the missed deadline is only logged",
+                 ALERT_WEBHOOK, SLACK_WEBHOOK)
+    for send in channels:
+        send(payload)
+
+
+def alert_channels(timeout: float | None = None) -> list[Callable[[Mapping[str, Any]], int]]:
+    """One sender per configured alert channel, each returning the HTTP status or raising.
+
+    The webhook connection gets the JSON payload; the Slack connection (the provider's
+    ``SlackWebhookHook``) gets the payload's ``text``.
+    """
+    from sluice.edges.alerts import send_alert
+
+    timeout = _http_timeout() if timeout is None else timeout
+    channels: list[Callable[[Mapping[str, Any]], int]] = []
     url = _webhook_url(ALERT_WEBHOOK)
-    if url is None:
-        log.info("connection %s is not configured: the missed deadline is only logged", ALERT_WEBHOOK)
-        return
-    send_alert(url, payload, timeout=load_settings().timeouts.http_s)
+    if url is not None:
+        channels.append(lambda payload: send_alert(url, payload, timeout=timeout))
+    if _has_connection(SLACK_WEBHOOK):
+        channels.append(lambda payload: _send_to_slack(SLACK_WEBHOOK, str(payload["text"]), timeout))
+    return channels
+
+
+def _send_to_slack(conn_id: str, text: str, timeout: float) -> int:
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+    # The hook raises on any answer but 200 (check_webhook_response).
+    response = SlackWebhookHook(slack_webhook_conn_id=conn_id, timeout=max(1, round(timeout))).send(text=text)
+    log.info("alert sent to Slack (%s): HTTP %s", conn_id, response.status_code)
+    return int(response.status_code)
+
+
+def _http_timeout() -> int:
+    from sluice.settings import load_settings
+
+    return max(1, round(load_settings().timeouts.http_s))
+
+
+def _has_connection(conn_id: str) -> bool:
+    """Whether ``conn_id`` can be read here. In a deadline callback (the executor, no task
+    identity) the Execution API denies connection lookups; only ``AIRFLOW_CONN_*`` variables
+    are found there, and a denied one counts as not configured."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSecretsBackendAccessDenied
+
+    try:
+        BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return False
+    except AirflowSecretsBackendAccessDenied as exc:
+        log.warning("connection %s cannot be read here: %s", conn_id, exc)
+        return False
+    return True
 
 
 def _day_of(run: Mapping[str, Any]) -> str | None:
@@ -156,13 +239,16 @@ def _day_of(run: Mapping[str, Any]) -> str | None:
 def _webhook_url(conn_id: str) -> str | None:
     """The URL the webhook connection holds (``sluice.edges.alerts.webhook_url``), None when it is absent."""
     from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSecretsBackendAccessDenied
 
     from sluice.edges.alerts import webhook_url
 
     try:
         conn = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
+        return None
+    except AirflowSecretsBackendAccessDenied as exc:  # see _has_connection
+        log.warning("connection %s cannot be read here: %s", conn_id, exc)
         return None
     return webhook_url(conn_type=conn.conn_type, host=conn.host, port=conn.port, schema=conn.schema,
                        extra=conn.extra_dejson)

@@ -28,7 +28,13 @@ from urllib.parse import quote, unquote, urlencode, urlparse
 from sluice.edges.lake import Lake, check_day
 from sluice.settings import Settings, use_case_name
 from sluice.stages.staleness import stale_days
-from sluice.tables import DRIFT_HISTORY, MODEL_DECISIONS, PARTITION_COLUMN, PERFORMANCE_HISTORY
+from sluice.tables import (
+    DRIFT_HISTORY,
+    MODEL_DECISIONS,
+    PARTITION_COLUMN,
+    PERFORMANCE_HISTORY,
+    VOLUME_HISTORY,
+)
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +255,24 @@ def performance_history(settings: Settings, lake: Lake | None = None) -> dict[st
     return {"roc_auc_floor": policy.performance_roc_auc_floor, "days": [_plain(r) for r in rows]}
 
 
+def volume_history(settings: Settings, lake: Lake | None = None, last_days: int = 90) -> dict[str, Any]:
+    """ingest_raw's volume check of the ``last_days`` most recent checked days, oldest first, with
+    the use case's band (``contract.volume``)."""
+    from sluice.core import usecase
+
+    spec = usecase.of(settings).spec.contract.volume
+    lake = lake or Lake(settings)
+    rows = (
+        sorted(lake.read_table(VOLUME_HISTORY).to_pylist(), key=lambda r: r[PARTITION_COLUMN])[-last_days:]
+        if lake.exists(VOLUME_HISTORY) else []
+    )
+    days = [_plain(r) | {"alert": r["verdict"] in ("low", "high")} for r in rows]
+    return {
+        "max_drop": spec.max_drop, "max_rise": spec.max_rise, "trailing_days": spec.trailing_days,
+        "fails_day": spec.fail, "days": days, "outside": sum(d["alert"] for d in days),
+    }
+
+
 def shadow(settings: Settings, lake: Lake | None = None, today: dt.date | None = None) -> dict[str, Any]:
     """The challenger in shadow and its live evidence against the champion, with every paired day."""
     from sluice.core import usecase
@@ -377,6 +401,7 @@ def overview(settings: Settings, now: dt.datetime | None = None) -> dict[str, An
         "decisions": _section("decisions", lambda: decisions(settings, lake)),
         "drift": _section("drift", lambda: drift_history(settings, lake)),
         "performance": _section("performance", lambda: performance_history(settings, lake)),
+        "volume": _section("volume", lambda: volume_history(settings, lake)),
         "shadow": _section("shadow", lambda: shadow(settings, lake)),
         "freshness": _section("freshness", lambda: freshness(settings, lake)),
         "stale": _section("stale", lambda: stale_days(settings, last_commits=STALE_COMMITS)),
@@ -447,7 +472,7 @@ def line_chart(
 
 
 def charts(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The two charts of the page, from :func:`overview`'s result."""
+    """The charts of the page, from :func:`overview`'s result."""
     out: dict[str, Any] = {}
     if data["drift"]["ok"]:
         drift = data["drift"]["data"]
@@ -462,6 +487,14 @@ def charts(data: Mapping[str, Any]) -> dict[str, Any]:
             [Series("ROC-AUC", [{"ds": d["ds"], "value": d["roc_auc"], "alert": d["alert"]} for d in perf["days"]], "s1"),
              Series("PR-AUC", [{"ds": d["ds"], "value": d["pr_auc"]} for d in perf["days"]], "s2")],
             reference=perf["roc_auc_floor"], reference_label="ROC-AUC floor",
+        )
+    if data.get("volume", {}).get("ok"):
+        volume = data["volume"]["data"]
+        out["volume"] = line_chart(
+            [Series("rows / trailing median", [{"ds": d["ds"], "value": d["ratio"], "alert": d["alert"]}
+                                               for d in volume["days"]], "s1")],
+            y_max=1 + volume["max_rise"], reference=1 - volume["max_drop"], reference_label="alert below",
+            percent=True,
         )
     return out
 

@@ -10,6 +10,14 @@ plan, through paid acquisition, or after support trouble) a customer's activity
 decays over a couple of weeks and then stops. About 5-15% of active customers churn
 within 30 days, and the decay is visible in the features beforehand.
 
+The world changes once on its own: from ``CANCEL_IN_APP_FROM`` days after the epoch
+(2026-04-15 by default; ``cancel_in_app_from=None`` keeps the business stationary),
+customers cancel in the app, and seven in ten of those who leave spend their last visit in
+the cancellation flow: a long session on their last day. Before that day a long visit
+meant an engaged customer; after it, for a recent one who went quiet, it means one who
+left. A model trained only on earlier days reads it the old way, so a retraining that has
+seen the new days is genuinely better (``make demo`` shows the gate promoting it).
+
 Drift scenarios (``spend_shift``, ``new_channel``, ``null_device``) switch on from a
 date; a defect rate injects duplicates, nulls, malformed and out-of-range values.
 Both are off by default.
@@ -37,6 +45,8 @@ DEVICES = ("ios", "android", "web")
 EVENT_TYPES = ("session", "order", "support_ticket")
 NEW_CHANNEL = "tiktok"
 DRIFT_SCENARIOS = ("spend_shift", "new_channel", "null_device", "engagement_drop")
+# Days after the epoch from which leaving customers may cancel in the app (see the module text).
+CANCEL_IN_APP_FROM = 104
 DEFECT_KINDS = ("duplicate", "null_key", "malformed", "out_of_range", "bad_category")
 
 
@@ -66,6 +76,8 @@ class SimulatorSource:
     drift: dict[str, dt.date] = field(default_factory=dict)
     defect_rate: float = 0.0
     defect_days: tuple[dt.date, ...] = ()
+    # Days after the epoch from which leavers may cancel in the app; None: never (a stationary business).
+    cancel_in_app_from: int | None = CANCEL_IN_APP_FROM
     name: str = "simulator"
     use_case: UseCase = field(default_factory=lambda: load_use_case(_FOLDER), compare=False, repr=False)
 
@@ -150,6 +162,9 @@ class SimulatorSource:
         away = _on_a_break(c["customer_id"].to_numpy(), c["pauses"].to_numpy(), t, self.seed)
         p_active = c["engagement"].to_numpy() * decay * weekday * _season(day) * dropped * np.where(away, 0.03, 1.0)
         active = alive & (rng.random(len(c)) < p_active)
+        # Cancelling in the app: on its last day, a leaver who cancels comes once more, for long.
+        cancelling = self._cancels_in_app(t) & (since_onset == c["decay_len"].to_numpy() - 1)
+        active |= cancelling
         idx = np.flatnonzero(active)
         k = len(idx)
         eng = c["engagement"].to_numpy()[idx]
@@ -169,6 +184,8 @@ class SimulatorSource:
         rng.shuffle(seconds)
 
         fading = np.repeat(np.where(decaying, 0.6, 1.0), per_customer)
+        # The cancellation flow takes a while: a leaver's sessions on the last day are long.
+        fading = np.where(np.repeat(cancelling[idx], per_customer), 5.0, fading)
         duration = np.where(etype == 0, np.round(rng.lognormal(6.0, 0.7, size=total) * dropped * fading), np.nan)
         spend_factor = 1.6 if self._drift_on("spend_shift", day) else 1.0
         amount = np.where(
@@ -205,6 +222,16 @@ class SimulatorSource:
                 "signup_date": (pd.Timestamp(self.epoch) + pd.to_timedelta(c["signup"].to_numpy()[owner], unit="D")).date,
             }
         )
+
+    def _cancels_in_app(self, t: int) -> np.ndarray:
+        """Who leaves through the in-app cancellation on day ``t`` (days after the epoch): seven in
+        ten of those who leave, once the app offers it."""
+        c = self.customers
+        start = self.cancel_in_app_from
+        if start is None or t < start:
+            return np.zeros(len(c), dtype=bool)
+        most = _mix(c["customer_id"].to_numpy(), self.seed, 13) % 10 < 7
+        return most & (c["onset"].to_numpy() >= start)
 
     def _drift_on(self, scenario: str, day: dt.date) -> bool:
         start = self.drift.get(scenario)

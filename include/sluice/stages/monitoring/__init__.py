@@ -17,7 +17,7 @@
 * **Volume** (:mod:`.volume`, ingest_raw's ``check_volume``): the raw rows of D against
   the median of the trailing days (``contract.volume``), in ``monitoring/volume_history``;
   outside the band an alert, and a failed task if the use case says so.
-* **Alerts** (:mod:`.alerting`): the day's reasons POSTed to a webhook, each at most once
+* **Alerts** (:mod:`.alerting`): the day's reasons sent through the alert channels, each at most once
   per day (``monitoring/alerts_sent``), whatever re-runs.
 
 The thresholds are a :class:`DriftPolicy` (``SLUICE_*`` variables). Evidently is

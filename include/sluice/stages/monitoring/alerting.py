@@ -1,11 +1,12 @@
 """The drift report's alert of day D: every reason sent at most once, whatever re-runs.
 
 The reasons of D (:func:`sluice.edges.alerts.day_reasons`) that ``monitoring/alerts_sent`` D
-does not hold yet are POSTed in one alert. They are recorded only after the webhook
-accepted it: a failed POST records nothing, so the task's retry (or a re-run) sends them
-again, and a re-run after a success finds them and sends nothing.
+does not hold yet are sent in one alert, through ``send`` (the orchestration layer's
+channels: the alert webhook, Slack). They are recorded only after it was accepted: a
+failed send records nothing, so the task's retry (or a re-run) sends them again, and a
+re-run after a success finds them and sends nothing.
 
-The one gap left: a POST accepted, then the record's commit failing, is sent again by the
+The one gap left: a send accepted, then the record's commit failing, is sent again by the
 retry (at least once beats at most once for an alert).
 """
 
@@ -23,6 +24,10 @@ from sluice.settings import Settings
 from sluice.tables import ALERTS_SENT, DRIFT_HISTORY, PARTITION_COLUMN, PERFORMANCE_HISTORY
 
 log = logging.getLogger(__name__)
+
+# Delivers an alert payload (``text``, ``reasons``, ...) through the configured channels and returns
+# the HTTP status; raises when it was not delivered (or to say no channel is configured).
+Send = Callable[[Mapping[str, Any]], int]
 
 
 class AlertOutcome(TypedDict):
@@ -71,13 +76,13 @@ def send_day_alert(
     ctx: RunContext,
     drift: Mapping[str, Any],
     performance: Mapping[str, Any],
-    webhook: Callable[[], str],
+    send: Send,
 ) -> AlertOutcome:
-    """POST the reasons of ``day`` not sent yet to the URL ``webhook()`` gives, then record them.
+    """Send the reasons of ``day`` not sent yet through ``send``, then record them.
 
-    ``webhook`` is asked only when there is something to send (it may raise to say the
-    webhook is not configured). An :class:`~sluice.edges.alerts.AlertError` (unreachable,
-    refused) propagates with nothing recorded.
+    ``send`` is called only when there is something to send (it may raise to say no
+    channel is configured). An error of it (unreachable, refused) propagates with nothing
+    recorded.
     """
     ds = day.isoformat()
     lake = Lake(settings)
@@ -95,15 +100,15 @@ def send_day_alert(
     inputs = {name: int(record["history_version"]) for name, record in
               ((DRIFT_HISTORY.name, drift), (PERFORMANCE_HISTORY.name, performance))
               if record.get("history_version") is not None}
-    status = _deliver(settings, lake, ds, ctx, payload, webhook, inputs)
+    status = _deliver(settings, lake, ds, ctx, payload, send, inputs)
     return AlertOutcome(ds=ds, sent=True, status=status, reasons=list(payload["reasons"]), already_sent=already,
                         detail=f"HTTP {status}")
 
 
 def send_volume_alert(
-    settings: Settings, check: Mapping[str, Any], ctx: RunContext, webhook: Callable[[], str], inputs: Mapping[str, int]
+    settings: Settings, check: Mapping[str, Any], ctx: RunContext, send: Send, inputs: Mapping[str, int]
 ) -> AlertOutcome:
-    """POST the volume alert of ``check`` (``VolumeCheck.as_dict()``) unless it was sent already, then record it."""
+    """Send the volume alert of ``check`` (``VolumeCheck.as_dict()``) unless it was sent already, then record it."""
     ds = str(check["ds"])
     lake = Lake(settings)
     sent = sent_reason_keys(lake, ds)
@@ -111,19 +116,19 @@ def send_volume_alert(
     if payload is None:
         detail = "within the band" if not check.get("alert") else "sent already"
         return AlertOutcome(ds=ds, sent=False, status=None, reasons=[], already_sent=sorted(sent), detail=detail)
-    status = _deliver(settings, lake, ds, ctx, payload, webhook, inputs)
+    status = _deliver(settings, lake, ds, ctx, payload, send, inputs)
     return AlertOutcome(ds=ds, sent=True, status=status, reasons=list(payload["reasons"]), already_sent=[],
                         detail=f"HTTP {status}")
 
 
 def _deliver(
-    settings: Settings, lake: Lake, ds: str, ctx: RunContext, payload: dict[str, Any], webhook: Callable[[], str],
+    settings: Settings, lake: Lake, ds: str, ctx: RunContext, payload: dict[str, Any], send: Send,
     inputs: Mapping[str, int],
 ) -> int:
-    """POST ``payload``; once the webhook accepted it, record its reasons in ``monitoring/alerts_sent`` ds."""
+    """Send ``payload``; once it was accepted, record its reasons in ``monitoring/alerts_sent`` ds."""
     payload["use_case"] = settings.use_case_name
     try:
-        status = alerts.send_alert(webhook(), payload, timeout=settings.timeouts.http_s)
+        status = send(payload)
     except Exception:
         log.warning("ALERT of %s not sent: %s", ds, payload["text"])
         raise

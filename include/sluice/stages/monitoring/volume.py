@@ -2,7 +2,7 @@
 
 The verdict (:func:`sluice.core.volume.check_volume`) replaces ``monitoring/volume_history``
 D, so a re-run (after the source delivered the rest of the day) corrects it. Outside the
-band it is logged and POSTed through the alert webhook, at most once per day
+band it is logged and sent through the alert channels (webhook, Slack), at most once per day
 (``monitoring/alerts_sent``, key ``volume:D``); it fails the task only when the use case
 says so (``contract.volume.fail``), and then after the alert.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -21,13 +20,13 @@ from sluice.core.lineage import RunContext
 from sluice.core.volume import VolumeError, check_volume, trailing_counts
 from sluice.edges.lake import Lake, LakeError
 from sluice.settings import Settings
-from sluice.stages.monitoring.alerting import send_volume_alert
+from sluice.stages.monitoring.alerting import Send, send_volume_alert
 from sluice.tables import PARTITION_COLUMN, VOLUME_HISTORY
 
 log = logging.getLogger(__name__)
 
 
-def check_day_volume(settings: Settings, day: dt.date, ctx: RunContext, webhook: Callable[[], str]) -> dict[str, Any]:
+def check_day_volume(settings: Settings, day: dt.date, ctx: RunContext, send: Send) -> dict[str, Any]:
     """Judge the raw rows of ``day``, record the verdict, alert (and fail, if the use case says) outside the band."""
     uc = usecase.of(settings)
     spec = uc.spec.contract.volume
@@ -51,7 +50,7 @@ def check_day_volume(settings: Settings, day: dt.date, ctx: RunContext, webhook:
         return result
     log.warning("VOLUME %s %s: %s", uc.name, check.verdict, check.message())
     try:
-        outcome = send_volume_alert(settings, check.as_dict(), ctx, webhook, {VOLUME_HISTORY.name: version})
+        outcome = send_volume_alert(settings, check.as_dict(), ctx, send, {VOLUME_HISTORY.name: version})
         result["alert_sent"] = outcome["sent"]
     finally:
         if spec.fail:
