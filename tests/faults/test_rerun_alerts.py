@@ -269,7 +269,7 @@ def test_a_refused_alert_is_sent_again_by_the_retry_and_recorded_once(drift_dag,
     assert {r["status"] for r in recorded} == {200}
 
 
-def test_without_the_webhook_connection_the_alert_is_skipped_and_sent_later(
+def test_without_an_alert_channel_the_alert_is_skipped_and_sent_later(
     drift_dag, lake_env: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow.sdk.exceptions import AirflowSkipException
@@ -277,7 +277,9 @@ def test_without_the_webhook_connection_the_alert_is_skipped_and_sent_later(
     run = DriftReportRun(drift_dag, "scheduled__2026-03-10T00:00:00+00:00")
     drift = {"ds": DS, "alert": True, "drift_share": 0.5, "n_columns": 23, "drifted_columns": ["spend_7d"],
              "threshold": 0.3}
-    with pytest.raises(AirflowSkipException, match="sluice_alert_webhook is not configured: alert not sent"):
+    monkeypatch.delenv("AIRFLOW_CONN_SLUICE_NOTIFY_SLACK", raising=False)
+    with pytest.raises(AirflowSkipException, match=r"no alert channel is configured \(sluice_alert_webhook, "
+                                                   r"sluice_notify_slack\): alert not sent"):
         run.alert(drift, {"evaluated": False})
     assert not lake_env.has_partition(ALERTS_SENT, DS)
     hook = Webhook()
