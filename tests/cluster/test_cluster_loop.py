@@ -320,12 +320,14 @@ def test_training_and_scoring_ran_in_the_workers_with_no_openmp_before_a_fork(lo
     trained = [t for t in tis if (t["dag_id"], t["task_id"]) == (DAG["weekly_retrain"], "retrain_and_gate")]
     scored = [t for t in tis if (t["dag_id"], t["task_id"]) == (DAG["batch_score"], "score_entities")]
     assert len(trained) == 2 and len(scored) == 7
+    def seconds(ti: dict) -> float:  # the client gives times as ISO text, on PostgreSQL as on SQLite
+        return (dt.datetime.fromisoformat(ti["end_date"]) - dt.datetime.fromisoformat(ti["start_date"])).total_seconds()
+
     for ti in trained + scored:
         assert ti["state"] == "success" and ti["hostname"] in workers, ti
-        minutes = (ti["end_date"] - ti["start_date"]).total_seconds() / 60
+        minutes = seconds(ti) / 60
         assert minutes < 10, f"{ti['task_id']} of {ti['run_id']} took {minutes:.1f} min: a hang?"
-    print("training: " + ", ".join(f"{t['run_id']} on {t['hostname']} "
-                                   f"{(t['end_date'] - t['start_date']).total_seconds():.0f}s" for t in trained))
+    print("training: " + ", ".join(f"{t['run_id']} on {t['hostname']} {seconds(t):.0f}s" for t in trained))
 
     # What makes LightGBM safe in Celery's prefork workers: no process that forks ever loaded it.
     # The worker parents and their pool processes fork (pool children, then the task supervisor
