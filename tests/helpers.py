@@ -15,7 +15,7 @@ import secrets
 import shutil
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,20 @@ def webhook_server(path: str = "/hooks/sluice") -> Iterator[tuple[str, list[tupl
     finally:
         server.shutdown()
         server.server_close()
+
+
+def map_in_processes(fn: Callable, items: Iterable, module_file: str, workers: int = 2) -> list:
+    """``fn`` over ``items`` in ``workers`` spawned processes (one per core; spawned, so that no
+    forked process inherits LightGBM's OpenMP state). Each process imports ``fn``'s module by its
+    folder (``module_file``: the caller's ``__file__``)."""
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=sys.path.insert,
+                             initargs=(0, str(Path(module_file).parent))) as pool:
+        return list(pool.map(fn, items))
 
 
 def use_case_with_approval(root: Path, timeout_hours: float = 2) -> Path:

@@ -70,18 +70,27 @@ def _slack_connection(monkeypatch, url: str) -> None:
 
 
 def test_a_failure_reaches_slack_through_the_providers_notifier(monkeypatch) -> None:
-    from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
-
     with webhook_server("/services/T0/B0/secret") as (url, received):
         _slack_connection(monkeypatch, url)
         notifier = SlackFailureNotifier()
-        assert isinstance(notifier, SlackWebhookNotifier)
         notifier(_context(RuntimeError("amount: parse_number failed for 31% of rows")))  # as Airflow calls it
     [(path, body)] = received
     assert path == "/services/T0/B0/secret"
     assert body["text"] == (
         ":red_circle: churn__nightly_etl.curate_events failed for 2026-03-01 (run scheduled__2026-03-02, attempt 3): "
         "amount: parse_number failed for 31% of rows\nlog: /dags/churn__nightly_etl/runs/x/tasks/curate_events")
+
+
+def test_building_the_notifiers_imports_no_slack_provider() -> None:
+    """failure_notifiers() runs at every parse of every DAG file: the provider (slack_sdk) is
+    imported only when a notice is sent; the notice itself goes through its SlackWebhookNotifier."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from sluice.orchestration.notify import failure_notifiers; failure_notifiers({}); "
+            "print(sorted(m for m in sys.modules if m.startswith(('airflow.providers.slack.notifications', 'airflow.providers.slack.hooks', 'slack_sdk'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
 
 
 def test_slack_without_its_connection_or_down_never_raises(monkeypatch, caplog) -> None:

@@ -35,6 +35,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
+from tests.helpers import map_in_processes
 
 from sluice.core import train as T
 from sluice.core.gate import Decision, decide
@@ -145,18 +146,10 @@ def _run(seed: int) -> Seed:
 
 @pytest.fixture(scope="module")
 def seeds() -> list[Seed]:
-    import multiprocessing
-    import sys
     import time
-    from concurrent.futures import ProcessPoolExecutor
-    from pathlib import Path
 
     started = time.monotonic()
-    # One process per core, spawned (no forked LightGBM); each imports this module by its folder.
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=2, mp_context=spawn, initializer=sys.path.insert,
-                             initargs=(0, str(Path(__file__).parent))) as pool:
-        results = list(pool.map(_run, SEEDS))
+    results = map_in_processes(_run, SEEDS, __file__)
     promoted = Counter(name for r in results for name, d in r.decisions.items() if d.promote)
     print(f"\ngate over {len(results)} seeds ({CUSTOMERS:,} customers each, holdout "
           f"{min(r.rows for r in results):,}-{max(r.rows for r in results):,} rows) in "

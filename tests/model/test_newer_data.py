@@ -23,6 +23,7 @@ import datetime as dt
 
 import numpy as np
 import pytest
+from tests.helpers import map_in_processes
 
 from sluice.core import train as T
 from sluice.core.gate import Decision, decide
@@ -67,15 +68,7 @@ def _run(seed: int) -> tuple[int, Decision, Decision]:
 
 @pytest.fixture(scope="module")
 def results() -> list[tuple[int, Decision, Decision]]:
-    import multiprocessing
-    import sys
-    from concurrent.futures import ProcessPoolExecutor
-    from pathlib import Path
-
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=2, mp_context=spawn, initializer=sys.path.insert,
-                             initargs=(0, str(Path(__file__).parent))) as pool:
-        out = list(pool.map(_run, SEEDS))
+    out = map_in_processes(_run, SEEDS, __file__)
     print(f"\nnewer data over {len(out)} seeds ({CUSTOMERS:,} customers each):")
     for seed, changed, stationary in out:
         for name, decision in (("changing", changed), ("stationary", stationary)):

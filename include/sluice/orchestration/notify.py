@@ -40,7 +40,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from airflow.providers.common.compat.notifier import BaseNotifier
-from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +83,30 @@ class WebhookFailureNotifier(BaseNotifier):
             log.warning("failure of %s.%s not notified: %s", payload["dag_id"], payload["task_id"], exc)
 
 
-class SlackFailureNotifier(SlackWebhookNotifier):
-    """The Slack provider's webhook notifier, quiet (it logs) while its connection is not configured."""
+class SlackFailureNotifier(BaseNotifier):
+    """A failure notice through the Slack provider's ``SlackWebhookNotifier``, quiet (it logs) while
+    its connection is not configured. The provider (and slack_sdk, 0.27 s) is imported only when a
+    notice goes, as SMTP's is: this object is built at every parse of every DAG file."""
 
-    def __init__(self, slack_webhook_conn_id: str = SLACK_WEBHOOK, **kwargs: Any) -> None:
-        kwargs.setdefault(
-            "text", ":red_circle: {{ ti.dag_id }}.{{ ti.task_id }} failed for {{ params.partition_day or ds }} "
-            "(run {{ ti.run_id }}, attempt {{ ti.try_number }}): {{ exception }}\nlog: {{ ti.log_url }}",
+    template_fields = ("slack_webhook_conn_id", "text")
+
+    def __init__(self, slack_webhook_conn_id: str = SLACK_WEBHOOK, text: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.slack_webhook_conn_id = slack_webhook_conn_id
+        self.text = text or (
+            ":red_circle: {{ ti.dag_id }}.{{ ti.task_id }} failed for {{ params.partition_day or ds }} "
+            "(run {{ ti.run_id }}, attempt {{ ti.try_number }}): {{ exception }}\nlog: {{ ti.log_url }}"
         )
-        super().__init__(slack_webhook_conn_id=slack_webhook_conn_id, **kwargs)
 
     def notify(self, context: Mapping[str, Any]) -> None:
         if not _has_connection(self.slack_webhook_conn_id):
             log.info("connection %s is not configured: failure not notified on Slack", self.slack_webhook_conn_id)
             return
-        if self.timeout is None:  # read at run time, not when the DAG is parsed
-            self.timeout = _http_timeout()
-        try:
-            super().notify(context)
+        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+        try:  # self.text is rendered already (BaseNotifier renders template_fields before notify)
+            SlackWebhookNotifier(slack_webhook_conn_id=self.slack_webhook_conn_id, text=self.text,
+                                 timeout=_http_timeout()).notify(context)
         except Exception as exc:  # the task failed already: say why the notice did not go, hide nothing
             log.warning("failure not notified on Slack: %s", exc)
 
@@ -211,20 +216,23 @@ def _http_timeout() -> int:
 
 
 def _has_connection(conn_id: str) -> bool:
-    """Whether ``conn_id`` can be read here. In a deadline callback (the executor, no task
-    identity) the Execution API denies connection lookups; only ``AIRFLOW_CONN_*`` variables
-    are found there, and a denied one counts as not configured."""
+    return _connection(conn_id) is not None
+
+
+def _connection(conn_id: str) -> Any:
+    """The connection ``conn_id``, or None when it is not configured or cannot be read here. In a
+    deadline callback (the executor, no task identity) the Execution API denies connection
+    lookups; only ``AIRFLOW_CONN_*`` variables are found there, and a denied one counts as absent."""
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSecretsBackendAccessDenied
 
     try:
-        BaseHook.get_connection(conn_id)
+        return BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
-        return False
+        return None
     except AirflowSecretsBackendAccessDenied as exc:
         log.warning("connection %s cannot be read here: %s", conn_id, exc)
-        return False
-    return True
+        return None
 
 
 def _day_of(run: Mapping[str, Any]) -> str | None:
@@ -238,17 +246,10 @@ def _day_of(run: Mapping[str, Any]) -> str | None:
 
 def _webhook_url(conn_id: str) -> str | None:
     """The URL the webhook connection holds (``sluice.edges.alerts.webhook_url``), None when it is absent."""
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSecretsBackendAccessDenied
-
     from sluice.edges.alerts import webhook_url
 
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        return None
-    except AirflowSecretsBackendAccessDenied as exc:  # see _has_connection
-        log.warning("connection %s cannot be read here: %s", conn_id, exc)
+    conn = _connection(conn_id)
+    if conn is None:
         return None
     return webhook_url(conn_type=conn.conn_type, host=conn.host, port=conn.port, schema=conn.schema,
                        extra=conn.extra_dejson)

@@ -488,7 +488,7 @@ def charts(data: Mapping[str, Any]) -> dict[str, Any]:
              Series("PR-AUC", [{"ds": d["ds"], "value": d["pr_auc"]} for d in perf["days"]], "s2")],
             reference=perf["roc_auc_floor"], reference_label="ROC-AUC floor",
         )
-    if data.get("volume", {}).get("ok"):
+    if data["volume"]["ok"]:
         volume = data["volume"]["data"]
         out["volume"] = line_chart(
             [Series("rows / trailing median", [{"ds": d["ds"], "value": d["ratio"], "alert": d["alert"]}

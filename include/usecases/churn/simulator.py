@@ -226,12 +226,17 @@ class SimulatorSource:
     def _cancels_in_app(self, t: int) -> np.ndarray:
         """Who leaves through the in-app cancellation on day ``t`` (days after the epoch): seven in
         ten of those who leave, once the app offers it."""
-        c = self.customers
         start = self.cancel_in_app_from
         if start is None or t < start:
-            return np.zeros(len(c), dtype=bool)
+            return np.zeros(self.n_customers, dtype=bool)
+        return self._cancellers
+
+    @cached_property
+    def _cancellers(self) -> np.ndarray:
+        """The customers who cancel in the app when they leave: static, like the population."""
+        c = self.customers
         most = _mix(c["customer_id"].to_numpy(), self.seed, 13) % 10 < 7
-        return most & (c["onset"].to_numpy() >= start)
+        return most & (c["onset"].to_numpy() >= (self.cancel_in_app_from or 0))
 
     def _drift_on(self, scenario: str, day: dt.date) -> bool:
         start = self.drift.get(scenario)
